@@ -1,0 +1,88 @@
+"""Configuration: precedence, unknown keys with suggestions, bad values, and every shipped YAML parses."""
+
+from pathlib import Path
+
+import pytest
+
+from tinyllm.cli import parse_args
+from tinyllm.config import DataArguments, ModelArguments, OutputArguments, TokenizerArguments
+from tinyllm.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+TOK_TYPES = [DataArguments, TokenizerArguments, OutputArguments]
+
+
+def test_precedence_default_yaml_cli(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("vocab_size: 3000\nblock_size: 64\ndataset_name: tiny_shakespeare\n")
+    data, tok, out = parse_args(TOK_TYPES, ["--config", str(cfg), "--vocab_size", "5000"])
+    assert tok.vocab_size == 5000  # command line beats YAML
+    assert data.block_size == 64  # YAML beats default
+    assert data.dataset_name == "tiny_shakespeare"
+    assert tok.min_frequency == 2  # default
+    assert out.overwrite_output_dir is False
+
+
+def test_unknown_yaml_key_suggests_closest(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("vocab_sise: 3000\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'vocab_sise'.*did you mean 'vocab_size'"):
+        parse_args(TOK_TYPES, ["--config", str(cfg)])
+
+
+def test_unknown_flag_suggests_closest():
+    with pytest.raises(ConfigError, match=r"unknown option '--dataset_nme'.*dataset_name"):
+        parse_args(TOK_TYPES, ["--dataset_nme", "x"])
+
+
+def test_bad_value_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="vocab_size"):
+        parse_args(TOK_TYPES, ["--vocab_size", "lots"])
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("block_size: big\n")
+    with pytest.raises(ConfigError, match="block_size"):
+        parse_args(TOK_TYPES, ["--config", str(cfg)])
+
+
+def test_validation_in_post_init():
+    with pytest.raises(ConfigError, match="tokenizer_type"):
+        parse_args(TOK_TYPES, ["--tokenizer_type", "wordpiece"])
+    with pytest.raises(ConfigError, match="did you mean 'baby'"):
+        parse_args([ModelArguments], ["--preset", "bbay"])
+
+
+@pytest.mark.parametrize("text, needle", [("a: [1, 2\n", "not valid YAML"), ("- just\n- a list\n", "mapping")])
+def test_broken_yaml(tmp_path, text, needle):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=needle):
+        parse_args(TOK_TYPES, ["--config", str(cfg)])
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="config file not found"):
+        parse_args(TOK_TYPES, ["--config", "nope.yaml"])
+
+
+def test_training_arguments_defaults_and_overrides(tmp_path):
+    from tinyllm.training_args import PretrainingArguments
+
+    model, data, tok, args = parse_args([ModelArguments, DataArguments, TokenizerArguments, PretrainingArguments],
+                                        ["--learning_rate", "0.01", "--output_dir", str(tmp_path / "o")])
+    assert args.learning_rate == 0.01
+    assert args.lr_scheduler_kwargs == {"min_lr_rate": 0.1}  # tinyllm default
+    assert getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type) == "cosine_with_min_lr"
+    assert args.logging_nan_inf_filter is False
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_yaml_parses(path):
+    """Each recipe YAML parses against its recipe's dataclasses (litgpt's test_config_hub)."""
+    from tinyllm.__main__ import _types
+
+    command = "sft" if path.name.startswith("sft") else "pretrain"
+    objs = parse_args(_types(command, light=False), ["--config", str(path)])
+    assert objs[-1].output_dir.startswith("outputs/")
+    first_line = path.read_text().splitlines()[0]
+    assert first_line.startswith("#"), "recipes open with a comment saying how to run them"
+    assert f"recipes/{'sft' if command == 'sft' else 'pretrain'}.py" in path.read_text()

@@ -1,0 +1,147 @@
+"""Trainer additions: derived metrics (perplexity, bits per byte), tokens/s, samples at each evaluation, NaN
+detection and a "training doctor" that explains, in plain words, what looks wrong and what to try."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from transformers import Trainer, TrainerCallback
+
+__all__ = ["TinyTrainer", "SampleCallback", "DoctorCallback", "NonFiniteLossError"]
+
+logger = logging.getLogger("tinyllm.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class TinyTrainer(Trainer):
+    """Trainer that adds perplexity, bits per byte/char and tokens per second to its logs."""
+
+    def __init__(self, *args, tokens_per_step: int = 0, eval_tokens_per_byte: float | None = None,
+                 eval_tokens_per_char: float | None = None, entropy_floor: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tokens_per_step = tokens_per_step
+        self.eval_tokens_per_byte = eval_tokens_per_byte
+        self.eval_tokens_per_char = eval_tokens_per_char
+        self.entropy_floor = entropy_floor
+        self._last = None  # (time, step) of the previous training log
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        if "eval_loss" in logs and math.isfinite(logs["eval_loss"]):
+            loss = logs["eval_loss"]
+            logs["eval_perplexity"] = round(math.exp(min(loss, 50)), 4)
+            if self.eval_tokens_per_byte:
+                logs["eval_bits_per_byte"] = round(loss / math.log(2) * self.eval_tokens_per_byte, 4)
+            if self.eval_tokens_per_char:
+                logs["eval_bits_per_char"] = round(loss / math.log(2) * self.eval_tokens_per_char, 4)
+            if self.entropy_floor is not None:
+                logs["entropy_floor_bits_per_char"] = round(self.entropy_floor, 4)
+        if "loss" in logs and self.tokens_per_step:
+            now, step = time.perf_counter(), self.state.global_step
+            if self._last is not None and step > self._last[1]:
+                rate = (step - self._last[1]) * self.tokens_per_step / (now - self._last[0])
+                logs["tokens_per_second"] = round(rate, 1)
+                bar = next((cb.training_bar for cb in self.callback_handler.callbacks
+                            if getattr(cb, "training_bar", None) is not None), None)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{logs['loss']:.3f}", tok_s=f"{rate:,.0f}", refresh=False)
+            self._last = (now, step)
+        super().log(logs, start_time)
+
+
+class SampleCallback(TrainerCallback):
+    """Generate a few samples at each evaluation so users watch gibberish turn into words."""
+
+    def __init__(self, tokenizer, prompts: list[str], max_new_tokens: int = 64, seed: int = 0):
+        self.tokenizer = tokenizer
+        self.prompts = prompts
+        self.max_new_tokens = max_new_tokens
+        self.seed = seed
+        self.history: list[tuple[int, list[str]]] = []
+
+    def samples(self, model) -> list[str]:
+        import torch
+
+        was_training = model.training
+        model.eval()
+        out = []
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        with torch.no_grad():
+            for prompt in self.prompts:
+                ids = self.tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
+                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+                res = model.generate(ids, max_new_tokens=self.max_new_tokens, do_sample=True, temperature=0.8,
+                                     top_k=50, pad_token_id=self.tokenizer.pad_token_id)
+                out.append(self.tokenizer.decode(res[0], skip_special_tokens=True))
+        if was_training:
+            model.train()
+        return out
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero or model is None or getattr(args, "fsdp", None):
+            return
+        texts = self.samples(model)
+        self.history.append((state.global_step, texts))
+        shown = "\n".join(f"  [{i}] {t[:300]!r}" for i, t in enumerate(texts))
+        logger.info("samples at step %d:\n%s", state.global_step, shown)
+
+
+class DoctorCallback(TrainerCallback):
+    """Plain-words diagnosis while training: NaN/inf, loss not decreasing, overfitting."""
+
+    def __init__(self, learning_rate: float, patience_fraction: float = 0.3):
+        self.lr = learning_rate
+        self.patience_fraction = patience_fraction
+        self.train_losses: list[tuple[int, float]] = []
+        self.eval_losses: list[tuple[int, float]] = []
+        self.warned: set[str] = set()
+        self.messages: list[str] = []
+
+    def _say(self, key: str, text: str) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            self.messages.append(text)
+            logger.warning("doctor: %s", text)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        loss = logs.get("loss")
+        if loss is not None:
+            if not math.isfinite(loss):
+                control.should_training_stop = True
+                control.should_save = False
+                raise NonFiniteLossError(
+                    f"the training loss became {loss} at step {state.global_step}: the run is stopped and no final "
+                    f"model is saved. Try --learning_rate {self.lr / 10:g} (10x lower), keep --max_grad_norm 1.0, "
+                    f"and use fp32 or bf16 rather than fp16; resume with --resume_from_checkpoint true")
+            self.train_losses.append((state.global_step, loss))
+            self._check_plateau(state)
+        if "eval_loss" in logs:
+            self.eval_losses.append((state.global_step, logs["eval_loss"]))
+            self._check_overfit()
+
+    def _check_plateau(self, state) -> None:
+        if not state.max_steps or state.global_step < self.patience_fraction * state.max_steps:
+            return
+        if len(self.train_losses) < 6:
+            return
+        first = sum(x for _, x in self.train_losses[:3]) / 3
+        last = sum(x for _, x in self.train_losses[-3:]) / 3
+        if last > first * 0.98:
+            self._say("plateau", f"the loss has not decreased ({first:.3f} -> {last:.3f}) after "
+                                 f"{state.global_step} steps: try --learning_rate {self.lr / 10:g} (10x lower), "
+                                 f"check the data, or a smaller model")
+
+    def _check_overfit(self) -> None:
+        if len(self.eval_losses) < 3 or len(self.train_losses) < 2:
+            return
+        e = [x for _, x in self.eval_losses[-3:]]
+        step_prev = self.eval_losses[-3][0]
+        t_before = [x for s, x in self.train_losses if s <= step_prev]
+        if e[0] < e[1] < e[2] and t_before and self.train_losses[-1][1] < t_before[-1]:
+            self._say("overfit", f"validation loss is rising ({e[0]:.3f} -> {e[2]:.3f}) while training loss falls: "
+                                 f"the model is memorising. Use more data, --dropout 0.1, or fewer --max_steps")

@@ -1,0 +1,59 @@
+"""Per-device precision policy, printed at start.
+
+CUDA: bf16 where the GPU supports it (Ampere+), else fp16 with loss scaling. Apple MPS: fp32 (fp16 autocast on
+MPS gives errors and NaNs for many users). CPU: fp32, bf16 only when asked (`--precision bf16`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .errors import ConfigError, suggest
+
+__all__ = ["detect_device", "apply_precision_policy"]
+
+logger = logging.getLogger(__name__)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def detect_device(use_cpu: bool = False) -> str:
+    import torch
+
+    if use_cpu:
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def apply_precision_policy(args) -> str:
+    """Set args.bf16 / args.fp16 from args.precision and the device; return a one-line description."""
+    import torch
+
+    if args.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got '{args.precision}'"
+                          + suggest(args.precision, PRECISIONS))
+    device = detect_device(args.use_cpu)
+    choice = args.precision
+    if args.bf16 or args.fp16:  # the transformers flags, if a user set them, win over auto
+        choice = "bf16" if args.bf16 else "fp16"
+    if choice == "auto":
+        if device == "cuda":
+            choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            choice = "fp32"
+    if device == "mps" and choice == "fp16":
+        raise ConfigError("fp16 mixed precision is not supported on Apple MPS (NaNs/errors); use --precision fp32")
+    if device == "cpu" and choice == "fp16":
+        raise ConfigError("fp16 mixed precision needs a CUDA GPU; on CPU use --precision fp32 (or bf16)")
+    if device == "cuda" and choice == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("this GPU does not support bf16; use --precision fp16")
+    args.bf16, args.fp16 = choice == "bf16", choice == "fp16"
+    attn = "sdpa"
+    name = torch.cuda.get_device_name(0) if device == "cuda" else device
+    desc = f"device: {name} | precision: {choice}{' (auto)' if args.precision == 'auto' else ''} | attention: {attn}"
+    if getattr(args, "torch_compile", False):
+        desc += " | torch.compile"
+    return desc

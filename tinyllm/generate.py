@@ -1,0 +1,152 @@
+"""Generation: `tinyllm generate` (streaming, UTF-8 safe) and `tinyllm chat` (multi-turn, chat template)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .errors import ConfigError
+
+__all__ = ["Utf8Streamer", "load_for_generation", "run_generate", "run_chat", "generate_text"]
+
+
+class Utf8Streamer:
+    """A transformers streamer that prints text as it is generated, never half a character.
+
+    Byte-level BPE can split one Chinese character (3 UTF-8 bytes) or an emoji (4) across tokens; decoding such a
+    prefix gives U+FFFD. We hold text back until it decodes cleanly, then print only the new complete part.
+    """
+
+    def __init__(self, tokenizer, out=None, skip_prompt: bool = True):
+        self.tokenizer = tokenizer
+        self.out = out or sys.stdout
+        self.skip_prompt = skip_prompt
+        self._prompt_done = not skip_prompt
+        self.ids: list[int] = []
+        self.printed = 0
+        self.text = ""
+
+    def put(self, value) -> None:
+        if not self._prompt_done:  # the first call carries the prompt
+            self._prompt_done = True
+            return
+        self.ids.extend(int(x) for x in value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        stable = text.rstrip("\ufffd") if text.endswith("\ufffd") else text
+        if len(stable) > self.printed:
+            self.out.write(stable[self.printed:])
+            self.out.flush()
+            self.printed = len(stable)
+        self.text = text
+
+    def end(self) -> None:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if len(text) > self.printed:
+            self.out.write(text[self.printed:])
+        self.out.write("\n")
+        self.out.flush()
+        self.text = text
+
+
+def load_for_generation(folder: str, device: str | None = None):
+    """Load a saved model folder with plain transformers (safetensors only, no remote code)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .device import detect_device
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise ConfigError(f"model folder not found: {folder}; train one first (recipes/pretrain.py) or fix --model")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{folder} has no config.json: not a saved model folder")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False,
+                                                     dtype=torch.float32)
+    except Exception as exc:  # truncated/corrupt files raise many types
+        raise ConfigError(f"cannot load the model in {folder}: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+    device = device or detect_device()
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def _sampling_kwargs(args, model) -> dict:
+    kw = {"max_new_tokens": args.max_new_tokens}
+    for name in ("temperature", "top_k", "top_p", "repetition_penalty"):
+        value = getattr(args, name)
+        if value is not None:
+            kw[name] = value
+    if args.temperature == 0:
+        kw.pop("temperature")
+        kw["do_sample"] = False
+    return kw
+
+
+def generate_text(model, tokenizer, prompt: str, streamer=None, **kwargs) -> str:
+    import torch
+
+    ids = tokenizer(prompt, return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        out = model.generate(**ids, streamer=streamer, pad_token_id=tokenizer.pad_token_id, **kwargs)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def run_generate(args) -> list[str]:
+    from transformers import set_seed
+
+    model, tokenizer = load_for_generation(args.model, args.device)
+    set_seed(args.seed)
+    texts = []
+    for i in range(args.num_samples):
+        if args.num_samples > 1:
+            print(f"--- sample {i + 1}")
+        sys.stdout.write(args.prompt)
+        streamer = Utf8Streamer(tokenizer)
+        generate_text(model, tokenizer, args.prompt, streamer=streamer, **_sampling_kwargs(args, model))
+        texts.append(args.prompt + streamer.text)
+    return texts
+
+
+def run_chat(args, stdin=None) -> list[dict]:
+    """Interactive multi-turn chat. Commands: /reset clears the history, /exit (or Ctrl+D) quits."""
+    import torch
+    from transformers import set_seed
+
+    from .tokenizer import IM_END, check_chat_tokens
+
+    model, tokenizer = load_for_generation(args.model, args.device)
+    check_chat_tokens(tokenizer, args.model)
+    set_seed(args.seed)
+    stdin = stdin or sys.stdin
+    eos = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id]
+    messages: list[dict] = []
+    interactive = stdin.isatty()
+    if interactive:
+        print(f"Chatting with {args.model}. /reset clears the history, /exit quits.")
+    while True:
+        if interactive:
+            sys.stdout.write("you> ")
+            sys.stdout.flush()
+        line = stdin.readline()
+        if not line:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            messages = []
+            print("(history cleared)")
+            continue
+        messages.append({"role": "user", "content": line})
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True).to(model.device)
+        sys.stdout.write("bot> ")
+        streamer = Utf8Streamer(tokenizer)
+        with torch.no_grad():
+            model.generate(**ids, streamer=streamer, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+                           **_sampling_kwargs(args, model))
+        messages.append({"role": "assistant", "content": streamer.text.strip()})
+    return messages

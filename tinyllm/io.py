@@ -1,0 +1,56 @@
+"""Output folders that are never half-written: work in a temporary sibling folder, then rename."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import ConfigError
+
+__all__ = ["check_output_dir", "atomic_output_dir", "split_documents"]
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool, resume: bool = False) -> None:
+    """Refuse to clobber a non-empty folder unless asked to overwrite (or to resume into it)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output_dir {path} exists and is a file; choose another --output_dir")
+    if path.is_dir() and any(path.iterdir()) and not overwrite and not resume:
+        raise ConfigError(f"output_dir {path} exists and is not empty; pass --overwrite_output_dir true to replace "
+                          f"it, --resume_from_checkpoint true to continue, or choose another --output_dir")
+
+
+@contextlib.contextmanager
+def atomic_output_dir(final: str | os.PathLike):
+    """Yield a temporary folder next to `final`; on success it replaces `final`, on error it is removed."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    backup = None
+    if final.exists():
+        backup = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, backup)
+    os.replace(tmp, final)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def split_documents(docs: list[str], validation_percentage: float) -> tuple[list[str], list[str]]:
+    """Hold out the last `validation_percentage` % of documents (a contiguous tail, as nanoGPT does); a corpus
+    of one document (e.g. Tiny Shakespeare) is split by characters instead."""
+    if validation_percentage <= 0 or not docs:
+        return docs, []
+    frac = validation_percentage / 100
+    if len(docs) == 1:
+        cut = int(len(docs[0]) * (1 - frac))
+        return [docs[0][:cut]], [docs[0][cut:]]
+    n_val = max(1, round(len(docs) * frac))
+    return docs[:-n_val], docs[-n_val:]

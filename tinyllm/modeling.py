@@ -1,0 +1,121 @@
+"""Size presets -> GPT2Config / LlamaConfig, vocab checks and parameter counts.
+
+Only standard transformers classes are used (GPT2LMHeadModel, LlamaForCausalLM), so checkpoints load anywhere
+with no custom code and convert to GGUF with the usual tools.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import ConfigError, suggest
+
+__all__ = ["PRESETS", "Preset", "build_config", "pad_vocab", "count_parameters", "check_vocab", "describe_presets"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int
+    note: str
+
+
+PRESETS: dict[str, Preset] = {
+    # nanoGPT's CPU recipe shape (train_shakespeare_char.py --device=cpu ...): ~0.8M parameters
+    "nano": Preset(4, 4, 128, 64, "nanoGPT CPU shape, ~0.8M params with a char vocab"),
+    "micro": Preset(6, 6, 192, 256, "~3M params: a few minutes on a laptop CPU"),
+    # nanoGPT's "baby GPT" (train_shakespeare_char.py defaults): ~10.7M parameters
+    "baby": Preset(6, 6, 384, 256, "nanoGPT baby GPT, ~10M params: a GPU or an M-series Mac"),
+    "small": Preset(8, 8, 512, 512, "~30M params with an 8k vocab: one GPU"),
+    "medium": Preset(10, 10, 640, 1024, "~55M params: one GPU"),
+    # GPT-2 small shape: 124M parameters with GPT-2's 50257 vocab
+    "gpt2-small": Preset(12, 12, 768, 1024, "GPT-2 small shape, ~85M + embeddings (124M at a 50k vocab)"),
+}
+
+
+def describe_presets() -> str:
+    rows = [f"{'preset':<11} {'layers':>6} {'heads':>5} {'width':>5} {'context':>7}  note"]
+    rows += [f"{k:<11} {p.n_layer:>6} {p.n_head:>5} {p.n_embd:>5} {p.block_size:>7}  {p.note}" for k, p in PRESETS.items()]
+    return "\n".join(rows)
+
+
+def pad_vocab(n: int, multiple: int = 64) -> int:
+    """Embedding rows rounded up to a multiple of 64: faster matmuls on GPUs, room for the tokenizer."""
+    return int(math.ceil(n / multiple) * multiple)
+
+
+def _parse_overrides(text: str | None) -> dict:
+    out = {}
+    if not text:
+        return out
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise ConfigError(f"config_overrides item '{item}' must look like key=value, e.g. 'rope_theta=500000'")
+        key, value = (x.strip() for x in item.split("=", 1))
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = {"true": True, "false": False, "none": None}.get(value.lower(), value)
+    return out
+
+
+def build_config(model_args, vocab_size: int, block_size: int, bos_id: int, eos_id: int, pad_id: int):
+    """A GPT2Config or LlamaConfig for `model_args` (preset + overrides) and the tokenizer's special ids."""
+    from transformers import GPT2Config, LlamaConfig
+
+    p = PRESETS[model_args.preset]
+    n_layer = model_args.n_layer or p.n_layer
+    n_head = model_args.n_head or p.n_head
+    n_embd = model_args.n_embd or p.n_embd
+    if n_embd % n_head:
+        raise ConfigError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}); change --n_embd or --n_head")
+    common = dict(vocab_size=pad_vocab(vocab_size), bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id,
+                  tie_word_embeddings=model_args.tie_word_embeddings)
+    if model_args.model_type == "gpt2":
+        cfg = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=block_size,
+                         n_inner=model_args.intermediate_size, resid_pdrop=model_args.dropout,
+                         embd_pdrop=model_args.dropout, attn_pdrop=model_args.dropout, **common)
+    else:
+        n_kv = model_args.n_kv_head or n_head
+        if n_head % n_kv:
+            raise ConfigError(f"n_head ({n_head}) must be divisible by n_kv_head ({n_kv})")
+        # SwiGLU has 3 matrices, so 8/3 x width keeps the MLP's parameters equal to a 4x GELU MLP; round to 64.
+        inter = model_args.intermediate_size or pad_vocab(int(8 * n_embd / 3))
+        cfg = LlamaConfig(num_hidden_layers=n_layer, num_attention_heads=n_head, num_key_value_heads=n_kv,
+                          hidden_size=n_embd, intermediate_size=inter, max_position_embeddings=block_size,
+                          attention_dropout=model_args.dropout, rms_norm_eps=1e-5, **common)
+    for key, value in _parse_overrides(model_args.config_overrides).items():
+        if not hasattr(cfg, key):
+            names = [k for k in cfg.to_dict()]
+            raise ConfigError(f"config_overrides: '{key}' is not a {type(cfg).__name__} field{suggest(key, names)}")
+        setattr(cfg, key, value)
+    return cfg
+
+
+def count_parameters(model, exclude_embeddings: bool = False) -> int:
+    seen, total = set(), 0
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        if exclude_embeddings and ("wte" in name or "wpe" in name or "embed_tokens" in name):
+            continue
+        total += p.numel()
+    return total
+
+
+def check_vocab(tokenizer, config, where: str = "the model") -> None:
+    """Every token id must have an embedding row, else CUDA fails later with an opaque device-side assert."""
+    n = len(tokenizer)
+    if n > config.vocab_size:
+        raise ConfigError(f"the tokenizer has {n} tokens but {where} has only {config.vocab_size} embedding rows; "
+                          f"use the tokenizer saved with that model (or retrain the model with this tokenizer)")

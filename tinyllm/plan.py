@@ -1,0 +1,82 @@
+"""The planner: parameters, tokens per step, tokens per parameter, memory and time estimates, without training.
+
+Estimates, not measurements: memory = fp32 weights + grads + AdamW moments (16 bytes/param) + activations;
+time = 6 * params * tokens FLOPs at a sustained throughput typical of each device kind.
+"""
+
+from __future__ import annotations
+
+__all__ = ["estimate", "DEVICE_TFLOPS"]
+
+# Sustained training throughput (TFLOP/s) for small models, from measurements and common MFU figures:
+# 2-core CPU measured here (~0.8M model at ~30k tokens/s); M-series and GPUs at a realistic 30-40% MFU.
+DEVICE_TFLOPS = {
+    "cpu (2 cores)": 0.15,
+    "apple m-series gpu": 3.0,
+    "nvidia t4 (fp16)": 20.0,
+    "nvidia a100 (bf16)": 120.0,
+    "nvidia h100 (bf16)": 300.0,
+}
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"
+
+
+def _fmt_time(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def estimate(model_args, data, args, n_params: int, n_params_no_emb: int, train_tokens: int | None, vocab: int,
+             world_size: int = 1) -> dict:
+    from .modeling import PRESETS
+
+    p = PRESETS[model_args.preset]
+    n_layer = model_args.n_layer or p.n_layer
+    width = model_args.n_embd or p.n_embd
+    micro = args.per_device_train_batch_size
+    tokens_per_step = micro * args.gradient_accumulation_steps * world_size * data.block_size
+    steps = args.max_steps if args.max_steps > 0 else None
+    total_tokens = tokens_per_step * steps if steps else None
+    if total_tokens is None and train_tokens:
+        total_tokens = int(train_tokens * args.num_train_epochs)
+        steps = total_tokens // tokens_per_step
+    bytes_per_act = 2 if (args.bf16 or args.fp16) else 4
+    # Per layer and token, a transformer block keeps ~34 * width activations for backward (Korthikanti et al.),
+    # plus logits (and their gradient) of size vocab per token.
+    act = micro * data.block_size * (n_layer * 34 * width + 2 * vocab) * bytes_per_act
+    state = n_params * 16
+    memory = state + act
+    flops = 6 * n_params * (total_tokens or 0)
+    lines = [
+        f"parameters:           {n_params:,} ({n_params_no_emb:,} without embeddings)",
+        f"tokens per step:      {tokens_per_step:,} = {micro} batch x {args.gradient_accumulation_steps} accumulation"
+        f" x {world_size} process(es) x {data.block_size} block",
+        f"steps:                {steps if steps else '?'}",
+        f"tokens (total):       {total_tokens:,}" if total_tokens else "tokens (total):       unknown (streaming)",
+    ]
+    if train_tokens:
+        lines.append(f"corpus tokens:        {train_tokens:,} ({(total_tokens or 0) / train_tokens:.1f} epochs)")
+        ratio = train_tokens / max(n_params, 1)
+        lines.append(f"corpus tokens/param:  {ratio:.2f} (Chinchilla-optimal is ~20)")
+    if total_tokens:
+        lines.append(f"tokens seen/param:    {total_tokens / max(n_params, 1):.2f}")
+    lines.append(f"memory estimate:      {_fmt_bytes(memory)} per device (weights+grads+AdamW {_fmt_bytes(state)}, "
+                 f"activations {_fmt_bytes(act)})")
+    if flops:
+        lines.append("time estimate:        " + ", ".join(
+            f"{k} {_fmt_time(flops / (v * 1e12 * world_size))}" for k, v in DEVICE_TFLOPS.items()))
+    warnings = []
+    if train_tokens and train_tokens / max(n_params, 1) < 1:
+        warnings.append(f"the model has more parameters ({n_params:,}) than the corpus has tokens ({train_tokens:,}): "
+                        f"it will memorise. Use a smaller --preset or more data")
+    return {"tokens_per_step": tokens_per_step, "steps": steps, "total_tokens": total_tokens, "memory_bytes": memory,
+            "flops": flops, "warnings": warnings, "text": "\n".join(lines + [f"warning: {w}" for w in warnings])}

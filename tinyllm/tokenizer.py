@@ -1,0 +1,140 @@
+"""Train byte-level BPE or char-level tokenizers with `tokenizers`, with special and chat tokens reserved.
+
+Special tokens are reserved at training time so later stages never add tokens (adding tokens after LoRA
+training is what breaks save/merge/load for many users):
+
+  <|begin_of_text|>  bos, prepended to every document by the post-processor
+  <|end_of_text|>    eos, appended after every document when packing
+  <|pad|>            padding (pad != eos, so padding masks never hide the real end of a text)
+  <|im_start|>, <|im_end|>   chat turns; <|im_end|> ends an assistant answer and is supervised in SFT
+  <|unk|>            char mode only: characters not seen in training map to it (decoded as nothing)
+
+The saved folder is a plain `PreTrainedTokenizerFast` (tokenizer.json + tokenizer_config.json + chat template):
+`AutoTokenizer.from_pretrained(folder)` loads it without tinyllm.
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+
+__all__ = ["BOS", "EOS", "PAD", "UNK", "IM_START", "IM_END", "CHAT_TEMPLATE", "SPLIT_PATTERN",
+           "train_tokenizer", "wrap_tokenizer", "check_chat_tokens", "is_cjk", "count_alphabet"]
+
+logger = logging.getLogger(__name__)
+
+BOS, EOS, PAD, UNK = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>", "<|unk|>"
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+SPECIALS = [BOS, EOS, PAD, IM_START, IM_END]
+
+# ChatML with {% generation %} markers: return_assistant_tokens_mask=True then marks exactly the answer
+# and its <|im_end|> (the "\n" after it is formatting, not supervised).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] }}{{ '<|im_end|>' }}{% endgeneration %}"
+    "{{ '\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# GPT-4 (cl100k) style split: contractions, letter runs (a run of Chinese characters is one piece, so BPE can
+# learn multi-character words), numbers of up to 3 digits, punctuation, newlines, and spaces kept exact.
+SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+
+
+def is_cjk(ch: str) -> bool:
+    return "CJK" in unicodedata.name(ch, "") or "\u3000" <= ch <= "\u303f" or "\uff00" <= ch <= "\uffef"
+
+
+def count_alphabet(docs) -> set[str]:
+    chars: set[str] = set()
+    for d in docs:
+        chars.update(d)
+    return chars
+
+
+def _batches(docs, size: int = 1000):
+    batch = []
+    for d in docs:
+        batch.append(d)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def train_tokenizer(docs: list[str], tokenizer_type: str = "bpe", vocab_size: int = 8000, min_frequency: int = 2,
+                    show_progress: bool = True):
+    """Train and return a `transformers.PreTrainedTokenizerFast`."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from .errors import ConfigError, DataError
+
+    if not docs:
+        raise DataError("the corpus is empty: no non-blank documents to train the tokenizer on; check the data")
+    if tokenizer_type == "char":
+        alphabet = sorted(count_alphabet(docs))
+        specials = [*SPECIALS, UNK]
+        vocab = {tok: i for i, tok in enumerate(specials + alphabet)}
+        tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        tok.decoder = decoders.Fuse()
+    else:
+        minimum = 256 + len(SPECIALS)
+        if vocab_size < minimum:
+            raise ConfigError(f"vocab_size {vocab_size} is smaller than the 256 byte symbols plus {len(SPECIALS)} "
+                              f"special tokens; use --vocab_size {minimum} or more (e.g. 8000)")
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIALS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress,
+        )
+        # Batches let `tokenizers` pre-tokenize in parallel on all cores.
+        tok.train_from_iterator(_batches(docs), trainer=trainer, length=(len(docs) + 999) // 1000)
+    tok.add_special_tokens(SPECIALS + ([UNK] if tokenizer_type == "char" else []))
+    return wrap_tokenizer(tok, tokenizer_type)
+
+
+def wrap_tokenizer(tok, tokenizer_type: str):
+    """A PreTrainedTokenizerFast with bos prepended, special tokens named and the chat template attached."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
+    kwargs = dict(unk_token=UNK) if tokenizer_type == "char" else {}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+        extra_special_tokens=[IM_START, IM_END], chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,  # the default "cleanup" would turn " ." into "." and break round trips
+        model_max_length=1_000_000, **kwargs,
+    )
+
+
+def check_chat_tokens(tokenizer, where: str) -> None:
+    """SFT needs the chat tokens and template that tinyllm reserves; say how to get them if missing."""
+    from .errors import ConfigError
+
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in (IM_START, IM_END) if t not in vocab]
+    if missing:
+        raise ConfigError(f"the tokenizer in {where} has no chat tokens ({', '.join(missing)}); pretrain with a "
+                          f"tokenizer trained by tinyllm (tokenizer_training/train_tokenizer.py), which reserves them")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"the tokenizer in {where} has no chat template; retrain it with tinyllm or add one")
