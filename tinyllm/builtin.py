@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 __all__ = ["ANIMALS", "generate_corpus", "corpus_entropy", "generate_qa", "BuiltinDoc", "GENERATOR_VERSION"]
 
-GENERATOR_VERSION = 1  # bump when the grammar changes: it is part of the cache fingerprint
+GENERATOR_VERSION = 2  # bump when the grammar changes: it is part of the cache fingerprint
 
 # animal: (English sound, food, home), (Chinese name, sound, food, home)
 ANIMALS = {
@@ -31,7 +31,13 @@ ANIMALS = {
     "pig": (("oink", "apples", "pen"), ("小猪", "哼哼", "苹果", "猪圈")),
     "sheep": (("baa", "hay", "field"), ("羊", "咩咩", "干草", "草地")),
     "bee": (("buzz", "honey", "hive"), ("蜜蜂", "嗡嗡", "蜂蜜", "蜂巢")),
+    "horse": (("neigh", "carrots", "stable"), ("马", "咴咴", "胡萝卜", "马厩")),
+    "hen": (("cluck", "corn", "coop"), ("母鸡", "咯咯", "玉米", "鸡窝")),
+    "fox": (("yip", "eggs", "den"), ("狐狸", "嗷嗷", "鸡蛋", "树洞")),
+    "lion": (("roar", "meat", "cave"), ("狮子", "吼吼", "肉", "山洞")),
+    "bear": (("growl", "berries", "woods"), ("熊", "呜呜", "浆果", "树林")),
 }
+FACT_DOC_PROBABILITY = 0.2  # share of documents that state facts plainly ("A pig likes to eat apples.")
 
 EN = {
     "names": {"Tom": "he", "Ben": "he", "Max": "he", "Sam": "he", "Leo": "he",
@@ -129,6 +135,22 @@ def _story_zh(s: _Sampler) -> str:
     return "".join(parts)
 
 
+def fact_sentences(animal: str, language: str) -> list[str]:
+    """The three facts about an animal, phrased exactly as the QA answers are."""
+    (sound, food, home), (zh, zsound, zfood, zhome) = ANIMALS[animal]
+    if language == "en":
+        return [f"A {animal} likes to eat {food}.", f"A {animal} lives in the {home}.", f"A {animal} says {sound}."]
+    return [f"{zh}喜欢吃{zfood}。", f"{zh}住在{zhome}里。", f"{zh}会说{zsound}。"]
+
+
+def _facts_doc(s: _Sampler, language: str) -> str:
+    """A short fact sheet about 1-3 animals (chosen with replacement), facts in a fixed order."""
+    parts = []
+    for _ in range(s.pick([1, 2, 3])):
+        parts += fact_sentences(s.pick(list(ANIMALS)), language)
+    return (" " if language == "en" else "").join(parts)
+
+
 def generate_corpus(num_documents: int = 20000, seed: int = 0, languages: str = "en,zh") -> list[BuiltinDoc]:
     """`num_documents` stories, language chosen uniformly from `languages` (that choice counts in the entropy)."""
     langs = [x.strip() for x in languages.split(",") if x.strip()]
@@ -142,7 +164,12 @@ def generate_corpus(num_documents: int = 20000, seed: int = 0, languages: str = 
     for _ in range(num_documents):
         s = _Sampler(rng)
         lang = s.pick(langs) if len(langs) > 1 else langs[0]
-        text = _story_en(s) if lang == "en" else _story_zh(s)
+        if rng.random() < FACT_DOC_PROBABILITY:
+            s.log2p += math.log2(FACT_DOC_PROBABILITY)
+            text = _facts_doc(s, lang)
+        else:
+            s.log2p += math.log2(1 - FACT_DOC_PROBABILITY)
+            text = _story_en(s) if lang == "en" else _story_zh(s)
         docs.append(BuiltinDoc(text, lang, s.log2p))
     return docs
 
@@ -163,26 +190,32 @@ def corpus_entropy(docs: list[BuiltinDoc]) -> dict[str, float]:
     return out
 
 
+QUESTIONS = {
+    "en": [("food", ["What does a {a} like to eat?", "What food does a {a} like?"]),
+           ("home", ["Where does a {a} live?", "Where is the home of a {a}?"]),
+           ("sound", ["What does a {a} say?", "What sound does a {a} make?"])],
+    "zh": [("food", ["{a}喜欢吃什么？", "{a}爱吃什么食物？"]),
+           ("home", ["{a}住在哪里？", "{a}的家在哪里？"]),
+           ("sound", ["{a}怎么叫？", "{a}会发出什么声音？"])],
+}
+
+
 def generate_qa(seed: int = 0, heldout_fraction: float = 0.2, languages: str = "en,zh") -> dict[str, list[dict]]:
-    """Question-answer pairs about the built-in world, split by animal so the test set asks about animals that
-    SFT never saw a question about: the model must recall the fact from pretraining and apply the format."""
+    """Question-answer pairs about the built-in world. The test split holds out whole (animal, kind of question)
+    pairs, in every phrasing: SFT sees other questions about that animal and this question about other animals,
+    so answering needs the fact recalled from pretraining plus the answer format taught by SFT."""
     langs = [x.strip() for x in languages.split(",") if x.strip()]
-    animals = list(ANIMALS)
-    random.Random(seed).shuffle(animals)
-    n_test = max(1, round(len(animals) * heldout_fraction))
-    test_animals = set(animals[:n_test])
+    combos = [(animal, kind) for animal in sorted(ANIMALS) for kind in ("food", "home", "sound")]
+    random.Random(seed).shuffle(combos)
+    test = set(combos[: max(1, round(len(combos) * heldout_fraction))])
     splits: dict[str, list[dict]] = {"train": [], "test": []}
-    for animal in sorted(ANIMALS):
-        (sound, food, home), (zh, zsound, zfood, zhome) = ANIMALS[animal]
-        pairs = []
-        if "en" in langs:
-            pairs += [(f"What does a {animal} like to eat?", f"A {animal} likes to eat {food}."),
-                      (f"Where does a {animal} live?", f"A {animal} lives in the {home}."),
-                      (f"What does a {animal} say?", f"A {animal} says {sound}.")]
-        if "zh" in langs:
-            pairs += [(f"{zh}喜欢吃什么？", f"{zh}喜欢吃{zfood}。"),
-                      (f"{zh}住在哪里？", f"{zh}住在{zhome}里。"),
-                      (f"{zh}怎么叫？", f"{zh}会说{zsound}。")]
-        split = "test" if animal in test_animals else "train"
-        splits[split] += [{"question": q, "answer": a, "animal": animal} for q, a in pairs]
+    for lang in langs:
+        for animal in sorted(ANIMALS):
+            name = animal if lang == "en" else ANIMALS[animal][1][0]
+            answers = dict(zip(("food", "home", "sound"), fact_sentences(animal, lang)))
+            for kind, phrasings in QUESTIONS[lang]:
+                split = "test" if (animal, kind) in test else "train"
+                for q in phrasings:
+                    splits[split].append({"question": q.format(a=name), "answer": answers[kind], "animal": animal,
+                                          "kind": kind, "language": lang})
     return splits

@@ -1,0 +1,200 @@
+"""SFT: the label mask, the frozen base, merged-vs-adapter agreement, stop behaviour, and bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import assert_user_error, run_inprocess
+from tinyllm.sft_data import row_to_messages, tokenize_conversation
+from tinyllm.tokenizer import IM_END
+
+SFT_ARGS = ["--max_steps", "12", "--per_device_train_batch_size", "8", "--logging_steps", "4", "--eval_steps", "6",
+            "--report_to", "none", "--learning_rate", "0.01", "--warmup_steps", "2", "--save_steps", "1000",
+            "--eval_max_new_tokens", "8", "--max_seq_length", "96"]
+
+
+def _base(tmp_path_factory, tokenizer, model_type):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tinyllm.config import ModelArguments
+    from tinyllm.modeling import build_config
+
+    margs = ModelArguments(model_type=model_type, preset="nano", n_layer=2, n_embd=64, n_head=2)
+    cfg = build_config(margs, len(tokenizer), 128, tokenizer.bos_token_id, tokenizer.eos_token_id,
+                       tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg)
+    path = tmp_path_factory.mktemp(f"base_{model_type}")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def base_llama(tmp_path_factory, bpe_tokenizer):
+    return _base(tmp_path_factory, bpe_tokenizer, "llama")
+
+
+@pytest.mark.parametrize("row", [
+    {"instruction": "Name a color.", "input": "", "output": "Blue."},
+    {"instruction": "Translate", "input": "猫", "output": "cat"},
+    {"question": "What does a cat say?", "answer": "A cat says meow."},
+    {"prompt": "2+2=", "completion": "4"},
+    {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"},
+                  {"role": "user", "content": "猫怎么叫？"}, {"role": "assistant", "content": "猫会说喵喵。"}]},
+])
+def test_supervised_tokens_decode_to_exactly_the_answers(bpe_tokenizer, row):
+    msgs = row_to_messages(row, "test")
+    ids, labels = tokenize_conversation(bpe_tokenizer, msgs)
+    supervised = bpe_tokenizer.decode([t for t, lab in zip(ids, labels) if lab != -100])
+    expected = "".join(m["content"] + IM_END for m in msgs if m["role"] == "assistant")
+    assert supervised == expected
+    assert labels[-1] == -100  # the newline after <|im_end|> is formatting, not supervised
+
+
+def test_alpaca_input_is_part_of_the_prompt():
+    msgs = row_to_messages({"instruction": "Translate", "input": "猫", "output": "cat"}, "x")
+    assert msgs[0] == {"role": "user", "content": "Translate\n\n猫"}
+
+
+def test_collator_refuses_a_batch_that_supervises_nothing():
+    from tinyllm.errors import DataError
+    from tinyllm.sft_data import SFTCollator
+
+    with pytest.raises(DataError, match="supervises 0 tokens"):
+        SFTCollator(2)([{"input_ids": [0, 5, 6], "labels": [-100, -100, -100]}])
+
+
+@pytest.fixture(scope="module")
+def sft_run(base_llama, tmp_path_factory):
+    from tinyllm.__main__ import run
+
+    out = tmp_path_factory.mktemp("sft") / "chat"
+    code = run("sft", ["--model_name_or_path", str(base_llama), "--dataset_name", "builtin_qa",
+                       "--output_dir", str(out), *SFT_ARGS])
+    assert code == 0
+    return out
+
+
+def test_sft_output_layout_and_metrics(sft_run):
+    for name in ["model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md",
+                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "all_results.json"]:
+        assert (sft_run / name).is_file(), name
+    res = json.loads((sft_run / "all_results.json").read_text())
+    assert res["merge_max_abs_logit_diff"] < 1e-3
+    assert 0 < res["trainable_parameters"] < res["total_parameters"] * 0.5
+    assert "exact_match_before" in res and "exact_match" in res and "eval_answer_loss" in res
+    assert res["eval_answer_loss"] < res["eval_answer_loss_before"]  # the answers got more likely
+    gen = json.loads((sft_run / "generation_config.json").read_text())
+    tok = json.loads((sft_run / "tokenizer.json").read_text())
+    im_end = next(t["id"] for t in tok["added_tokens"] if t["content"] == IM_END)
+    assert im_end in gen["eos_token_id"]
+
+
+def test_merged_model_matches_adapter_and_base_stayed_frozen(sft_run, base_llama):
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([[0, 10, 20, 30, 40, 50]])
+    adapter = AutoPeftModelForCausalLM.from_pretrained(sft_run / "adapter").eval()
+    merged = AutoModelForCausalLM.from_pretrained(sft_run).eval()
+    base = AutoModelForCausalLM.from_pretrained(base_llama).eval()
+    with torch.no_grad():
+        a, m, b = adapter(input_ids=ids).logits, merged(input_ids=ids).logits, base(input_ids=ids).logits
+    assert torch.allclose(a, m, atol=1e-4)
+    assert not torch.allclose(m, b, atol=1e-4)  # SFT changed the model
+    # the base weights inside the adapter model are the untouched pretrained ones
+    base_sd = base.state_dict()
+    for name, p in adapter.get_base_model().named_parameters():
+        key = name.replace(".base_layer", "")
+        if "lora_" in name or "trainable_tokens" in name or key not in base_sd:
+            continue
+        assert torch.equal(p, base_sd[key]), name
+
+
+def test_lora_freezes_base_and_trains_chat_token_rows(base_llama, bpe_tokenizer):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tinyllm.sft import lora_targets
+
+    model = AutoModelForCausalLM.from_pretrained(base_llama)
+    ids = [bpe_tokenizer.convert_tokens_to_ids(t) for t in ("<|im_start|>", IM_END)]
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=lora_targets("llama", None),
+                                                  trainable_token_indices=ids, task_type="CAUSAL_LM"))
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or "trainable_tokens" in n for n in trainable)
+    assert any("trainable_tokens" in n for n in trainable)
+
+
+def test_pipeline_chats_in_fresh_process(sft_run, tmp_path):
+    code = (
+        "import sys\nfrom transformers import pipeline\n"
+        f"pipe = pipeline('text-generation', model={str(sft_run)!r})\n"
+        "out = pipe([{'role': 'user', 'content': 'What does a cat say?'}], max_new_tokens=8)\n"
+        "msgs = out[0]['generated_text']\n"
+        "assert msgs[-1]['role'] == 'assistant' and isinstance(msgs[-1]['content'], str)\n"
+        "assert 'peft' not in sys.modules and 'tinyllm' not in sys.modules\nprint('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
+
+
+def test_chat_command_multi_turn(sft_run):
+    res = subprocess.run([sys.executable, "-m", "tinyllm", "chat", "--model", str(sft_run), "--max_new_tokens", "6"],
+                         input="What does a cat say?\n/reset\n猫怎么叫？\n/exit\n", capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("bot> ") == 2 and "(history cleared)" in res.stdout
+
+
+def test_full_finetuning_and_gpt2(tmp_path_factory, bpe_tokenizer, tmp_path, capsys):
+    base = _base(tmp_path_factory, bpe_tokenizer, "gpt2")
+    code, _, err = run_inprocess(capsys, "sft", "--model_name_or_path", base, "--output_dir", tmp_path / "lora",
+                                 *SFT_ARGS, "--max_steps", "4")
+    assert code == 0, err
+    code, _, err = run_inprocess(capsys, "sft", "--model_name_or_path", base, "--output_dir", tmp_path / "full",
+                                 "--use_lora", "false", *SFT_ARGS, "--max_steps", "4")
+    assert code == 0, err
+    assert not (tmp_path / "full" / "adapter").exists() and (tmp_path / "full" / "model.safetensors").is_file()
+
+
+def test_bad_inputs(base_llama, tmp_path, capsys, bpe_tokenizer):
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text('{"question": "q", "answer": "a"}\n{"query": "q2", "response": "a2"}\n')
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"question": "q", "answer": "  "}\n')
+    no_tok = tmp_path / "no_tok"
+    no_tok.mkdir()
+    (no_tok / "config.json").write_text((base_llama / "config.json").read_text())
+    not_lm = tmp_path / "not_lm"
+    not_lm.mkdir()
+    cfg = json.loads((base_llama / "config.json").read_text())
+    cfg["architectures"] = ["LlamaForSequenceClassification"]
+    (not_lm / "config.json").write_text(json.dumps(cfg))
+    bpe_tokenizer.save_pretrained(not_lm)
+    plain = tmp_path / "plain_tok"
+    import shutil
+
+    shutil.copytree(base_llama, plain)
+    tc = json.loads((plain / "tokenizer_config.json").read_text())
+    tc.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(tc))
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    cases = [
+        (["--model_name_or_path", base_llama, "--dataset_name", missing], f"{missing}:2"),
+        (["--model_name_or_path", base_llama, "--dataset_name", empty], "empty answer"),
+        (["--model_name_or_path", no_tok], "no tokenizer"),
+        (["--model_name_or_path", not_lm], "not a causal language model"),
+        (["--model_name_or_path", plain], "no chat template"),
+        (["--model_name_or_path", tmp_path / "nope"], "not found"),
+    ]
+    for extra, needle in cases:
+        code, _, err = run_inprocess(capsys, "sft", *SFT_ARGS, "--output_dir", tmp_path / "o", *extra)
+        line = assert_user_error(code, err, needle)
+        if "missing" in str(extra[-1]):
+            assert "Alpaca" in line and "messages" in line  # names the accepted layouts
+    assert not (tmp_path / "o").exists()
