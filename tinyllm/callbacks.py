@@ -72,11 +72,12 @@ class SampleCallback(TrainerCallback):
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         with torch.no_grad():
             for prompt in self.prompts:
-                ids = self.tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
+                from .generate import generate_text
+
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-                res = model.generate(ids, max_new_tokens=self.max_new_tokens, do_sample=True, temperature=0.8,
-                                     top_k=50, pad_token_id=self.tokenizer.pad_token_id)
-                out.append(self.tokenizer.decode(res[0], skip_special_tokens=True))
+                text = generate_text(model, self.tokenizer, prompt, max_new_tokens=self.max_new_tokens,
+                                     do_sample=True, temperature=0.8, top_k=50)
+                out.append(prompt + text)
         if was_training:
             model.train()
         return out

@@ -83,13 +83,53 @@ def _sampling_kwargs(args, model) -> dict:
     return kw
 
 
+class _SkipPrompt:
+    """Forward a generate() call's streamed tokens to `inner`, minus the prompt that generate() puts first."""
+
+    def __init__(self, inner):
+        self.inner, self.first = inner, True
+
+    def put(self, value):
+        if self.first:
+            self.first = False
+            return
+        self.inner.put(value)
+
+    def end(self):
+        pass
+
+
 def generate_text(model, tokenizer, prompt: str, streamer=None, **kwargs) -> str:
+    """Generate a continuation. Beyond the model's context window it slides: each round keeps the last half
+    context of tokens and generates up to half a context more (as nanoGPT's sample.py crops its context)."""
     import torch
 
-    ids = tokenizer(prompt, return_tensors="pt").to(model.device)
+    ctx = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 10**9)
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(model.device)
+    if ids.shape[1] >= ctx:
+        ids = ids[:, -(ctx // 2):]
+    if streamer is not None:
+        streamer.put(ids[0].cpu())  # the prompt, which Utf8Streamer skips
+    remaining = kwargs.pop("max_new_tokens", 100)
+    eos = kwargs.pop("eos_token_id", None) or model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+    new: list[int] = []
     with torch.no_grad():
-        out = model.generate(**ids, streamer=streamer, pad_token_id=tokenizer.pad_token_id, **kwargs)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        while remaining > 0:
+            window = ids[:, -(ctx // 2):] if ids.shape[1] + remaining > ctx and new else ids
+            step = min(remaining, ctx - window.shape[1])
+            out = model.generate(input_ids=window, attention_mask=torch.ones_like(window), max_new_tokens=step,
+                                 eos_token_id=list(eos), pad_token_id=tokenizer.pad_token_id,
+                                 streamer=_SkipPrompt(streamer) if streamer is not None else None, **kwargs)
+            chunk = out[0, window.shape[1]:]
+            new += chunk.tolist()
+            ids = torch.cat([ids, chunk[None]], dim=1)
+            remaining -= len(chunk)
+            if len(chunk) < step or (len(chunk) and int(chunk[-1]) in eos):
+                break
+    if streamer is not None:
+        streamer.end()
+    return tokenizer.decode(new, skip_special_tokens=True)
 
 
 def run_generate(args) -> list[str]:
