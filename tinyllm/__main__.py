@@ -78,7 +78,8 @@ def run(command: str, argv: list[str] | None = None) -> int:
     except TinyLLMError as exc:
         if debug:
             raise
-        print(f"tinyllm {command}: error: {exc}", file=sys.stderr)
+        kind = "" if exc.exit_code == 130 else "error: "  # an interrupt that saved a checkpoint is no error
+        print(f"tinyllm {command}: {kind}{exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         if debug:

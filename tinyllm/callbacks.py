@@ -146,3 +146,43 @@ class DoctorCallback(TrainerCallback):
         if e[0] < e[1] < e[2] and t_before and self.train_losses[-1][1] < t_before[-1]:
             self._say("overfit", f"validation loss is rising ({e[0]:.3f} -> {e[2]:.3f}) while training loss falls: "
                                  f"the model is memorising. Use more data, --dropout 0.1, or fewer --max_steps")
+
+
+class InterruptCallback(TrainerCallback):
+    """Ctrl+C or SIGTERM: finish the current step, save a checkpoint, stop cleanly. A second signal aborts."""
+
+    def __init__(self):
+        self.interrupted: str | None = None
+        self._previous = {}
+
+    def install(self) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.interrupted:  # second signal: stop now
+            self.uninstall()
+            raise KeyboardInterrupt
+        self.interrupted = signal.Signals(signum).name
+        logger.warning("%s received: saving a checkpoint after this step, then stopping (press Ctrl+C again to "
+                       "abort without saving)", self.interrupted)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.interrupted:
+            control.should_save = True
+            control.should_training_stop = True

@@ -145,19 +145,23 @@ def run_sft(model_args, data, lora, args) -> Path:
     args.remove_unused_columns = False
 
     im_ids = [tokenizer.convert_tokens_to_ids(t) for t in (IM_START, IM_END)]
-    if lora.use_lora:
+
+    def build_model(base):
+        if not lora.use_lora:
+            return base
         from peft import LoraConfig, get_peft_model
 
         cfg = LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
-                         target_modules=lora_targets(model.config.model_type, lora.lora_target_modules),
-                         task_type="CAUSAL_LM", fan_in_fan_out=model.config.model_type == "gpt2",
+                         target_modules=lora_targets(base.config.model_type, lora.lora_target_modules),
+                         task_type="CAUSAL_LM", fan_in_fan_out=base.config.model_type == "gpt2",
                          # The chat tokens were reserved but never seen in pretraining: train their embedding rows
                          # with peft's own mechanism instead of unfreezing the whole embedding matrix.
                          trainable_token_indices=im_ids if lora.train_chat_token_embeddings else None)
-        model = get_peft_model(model, cfg)
-        base_snapshot = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    else:
-        base_snapshot = {}
+        return get_peft_model(base, cfg)
+
+    model = build_model(model)
+    base_snapshot = ({n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+                     if lora.use_lora else {})
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info("trainable parameters: %s of %s (%.2f%%)%s", f"{trainable:,}", f"{total:,}", 100 * trainable / total,
@@ -166,20 +170,27 @@ def run_sft(model_args, data, lora, args) -> Path:
     before = evaluate_answers(model, tokenizer, sft.eval_conversations, data.eval_max_new_tokens)
     logger.info("before SFT: exact match %.3f, stopped %.3f", before["exact_match"], before["stopped_rate"])
 
-    from .callbacks import DoctorCallback, NonFiniteLossError, TinyTrainer
+    from .callbacks import DoctorCallback, InterruptCallback, TinyTrainer
+    from .train import Interrupted, find_last_checkpoint, train_with_recovery
 
     if sft.eval is None:
         args.eval_strategy = "no"
-    trainer = TinyTrainer(model=model, args=args, train_dataset=sft.train, eval_dataset=sft.eval,
-                          data_collator=SFTCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-                          callbacks=[DoctorCallback(args.learning_rate)])
-    eval_before = trainer.evaluate() if sft.eval is not None else {}
+    interrupt = InterruptCallback()
+
+    def make_trainer(m):
+        return TinyTrainer(model=m, args=args, train_dataset=sft.train, eval_dataset=sft.eval,
+                           data_collator=SFTCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+                           callbacks=[DoctorCallback(args.learning_rate), interrupt])
+
+    eval_before = make_trainer(model).evaluate() if sft.eval is not None else {}
     start = time.time()
-    try:
-        result = trainer.train(resume_from_checkpoint=resume)
-    except NonFiniteLossError as exc:
-        raise TinyLLMError(str(exc)) from None
+    trainer, result = train_with_recovery(make_trainer, model, args, resume, interrupt,
+                                          lambda: build_model(_load_base(model_args.model_name_or_path)[0]))
     seconds = time.time() - start
+    if interrupt.interrupted:
+        raise Interrupted(f"{interrupt.interrupted}: stopped at step {trainer.state.global_step}; checkpoint saved to "
+                          f"{find_last_checkpoint(args.output_dir)}. Resume with the same command plus "
+                          f"--resume_from_checkpoint true")
     eval_after = trainer.evaluate() if sft.eval is not None else {}
     after = evaluate_answers(trainer.model, tokenizer, sft.eval_conversations, data.eval_max_new_tokens)
     logger.info("after SFT: exact match %.3f, stopped %.3f", after["exact_match"], after["stopped_rate"])

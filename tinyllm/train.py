@@ -13,9 +13,15 @@ from pathlib import Path
 from .config import DataArguments, ModelArguments, TokenizerArguments
 from .errors import ConfigError, TinyLLMError
 
-__all__ = ["run_pretraining", "resolve_resume", "load_tokenizer", "plan_run", "find_last_checkpoint"]
+__all__ = ["Interrupted", "train_with_recovery", "check_checkpoint_matches", "run_pretraining", "resolve_resume", "load_tokenizer", "plan_run", "find_last_checkpoint"]
 
 logger = logging.getLogger("tinyllm.train")
+
+
+class Interrupted(TinyLLMError):
+    """Training was stopped by Ctrl+C/SIGTERM after saving a checkpoint."""
+
+    exit_code = 130
 
 
 def load_tokenizer(path: str):
@@ -207,27 +213,33 @@ def run_pretraining(model_args: ModelArguments, data: DataArguments, tok_args: T
 
     from transformers import default_data_collator
 
-    from .callbacks import DoctorCallback, NonFiniteLossError, SampleCallback, TinyTrainer
+    if resume:
+        check_checkpoint_matches(resume, model)
+    from .callbacks import DoctorCallback, InterruptCallback, SampleCallback, TinyTrainer
 
     prompts = [p for p in (args.sample_prompts or "").split("|") if p] or _default_prompts(data, lm.eval_texts_sample)
     sampler = SampleCallback(tokenizer, prompts, args.sample_max_new_tokens, args.seed)
     doctor = DoctorCallback(args.learning_rate)
+    interrupt = InterruptCallback()
     if lm.eval is None:
         args.eval_strategy = "no"
-    trainer = TinyTrainer(
-        model=model, args=args, train_dataset=lm.train, eval_dataset=lm.eval, data_collator=default_data_collator,
-        processing_class=tokenizer, callbacks=[sampler, doctor], tokens_per_step=plan["tokens_per_step"],
-        eval_tokens_per_byte=lm.eval_tokens_per_byte, eval_tokens_per_char=lm.eval_tokens_per_char,
-        entropy_floor=floor,
-    )
+
+    def make_trainer(model):
+        return TinyTrainer(
+            model=model, args=args, train_dataset=lm.train, eval_dataset=lm.eval, data_collator=default_data_collator,
+            processing_class=tokenizer, callbacks=[sampler, doctor, interrupt],
+            tokens_per_step=plan["tokens_per_step"], eval_tokens_per_byte=lm.eval_tokens_per_byte,
+            eval_tokens_per_char=lm.eval_tokens_per_char, entropy_floor=floor,
+        )
+
     start = time.time()
-    try:
-        result = trainer.train(resume_from_checkpoint=resume)
-    except NonFiniteLossError as exc:
-        raise TinyLLMError(str(exc)) from None
-    except KeyboardInterrupt:
-        raise
+    trainer, result = train_with_recovery(make_trainer, model, args, resume, interrupt,
+                                          lambda: _load_model(model_args, tokenizer, data, args))
     train_seconds = time.time() - start
+    if interrupt.interrupted:
+        last = find_last_checkpoint(args.output_dir)
+        raise Interrupted(f"{interrupt.interrupted}: stopped at step {trainer.state.global_step}; checkpoint saved to "
+                          f"{last}. Resume with the same command plus --resume_from_checkpoint true")
     metrics = dict(result.metrics)
     if lm.eval is not None:
         metrics.update(trainer.evaluate())
@@ -252,6 +264,85 @@ def run_pretraining(model_args: ModelArguments, data: DataArguments, tok_args: T
             print(f"Pushed to {url}")
     trainer.accelerator.wait_for_everyone()
     return out
+
+
+def check_checkpoint_matches(checkpoint: str, model) -> None:
+    """Refuse to resume from a checkpoint of another architecture or shape (it would fail deep inside torch)."""
+    cfg_path = Path(checkpoint) / "config.json"
+    if not cfg_path.is_file():
+        return
+    ckpt = json.loads(cfg_path.read_text())
+    ours = model.config.to_dict()
+    for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "n_embd", "n_layer"):
+        if key in ckpt and key in ours and ckpt[key] != ours[key]:
+            raise ConfigError(f"checkpoint {checkpoint} has {key}={ckpt[key]} but this run's model has {ours[key]}; "
+                              f"resume with the config that produced it, or start a new --output_dir")
+
+
+def _checkpoint_step(checkpoint: str) -> int:
+    try:
+        return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def train_with_recovery(make_trainer, model, args, resume, interrupt, reload_model, max_halvings: int = 4):
+    """trainer.train() with the failure modes users hit, turned into actions and plain words:
+    out-of-memory halves the micro-batch and doubles gradient accumulation (same global batch) and retries;
+    a NaN/inf loss stops without saving a final model; Ctrl+C/SIGTERM saves a checkpoint and says how to resume."""
+    from .callbacks import NonFiniteLossError
+
+    if resume and args.max_steps > 0 and _checkpoint_step(resume) >= args.max_steps:
+        # transformers would take one extra optimizer step when resuming from the final checkpoint (a kill
+        # between the last checkpoint and the final save); there is nothing left to train, so just load it.
+        from transformers import TrainerState
+        from transformers.trainer_utils import TrainOutput
+
+        trainer = make_trainer(model)
+        trainer._load_from_checkpoint(resume)
+        trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        logger.info("%s already reached max_steps=%d: nothing left to train", resume, args.max_steps)
+        return trainer, TrainOutput(trainer.state.global_step, losses[-1] if losses else float("nan"),
+                                    {"train_runtime": 0.0, "train_loss": losses[-1] if losses else float("nan")})
+    interrupt.install()
+    try:
+        for attempt in range(max_halvings + 1):
+            trainer = make_trainer(model)
+            try:
+                return trainer, trainer.train(resume_from_checkpoint=resume)
+            except NonFiniteLossError as exc:
+                raise TinyLLMError(str(exc)) from None
+            except (RuntimeError, MemoryError) as exc:
+                if not _is_oom(exc):
+                    raise
+                batch = args.per_device_train_batch_size
+                if attempt == max_halvings or batch == 1:
+                    raise TinyLLMError(f"out of memory even at per_device_train_batch_size={batch}; lower "
+                                       f"--block_size, use a smaller --preset, or --precision bf16") from None
+                args.per_device_train_batch_size = batch // 2
+                args.gradient_accumulation_steps *= 2
+                logger.warning("out of memory at batch %d: retrying with batch %d x accumulation %d (same global "
+                               "batch). Set these in your config to skip this search next time.", batch,
+                               args.per_device_train_batch_size, args.gradient_accumulation_steps)
+                del trainer
+                import gc
+
+                import torch
+
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                model = reload_model()
+        raise AssertionError("unreachable")
+    finally:
+        interrupt.uninstall()
 
 
 def _save_final(trainer, tokenizer, tok_report, args, model_args, data, metrics, plan, seconds, floor, samples,
