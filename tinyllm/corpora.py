@@ -143,7 +143,7 @@ def read_text_file(path: str | Path) -> str:
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{path} is not valid UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start}; "
-            f"convert it first, e.g. iconv -f GBK -t UTF-8 {path.name} > fixed.txt"
+            f"convert it first, e.g. iconv -f GBK -t UTF-8 {path.name} > fixed.txt (or -f latin1, cp1252, ...)"
         ) from None
     return text.removeprefix("\ufeff")
 
