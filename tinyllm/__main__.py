@@ -103,6 +103,13 @@ def _dispatch(command: str, argv: list[str]):
         print(describe_presets())
         return 0
     types = _types(command, light=False)
+    if command in ("pretrain", "sft"):
+        from .device import detect_device
+
+        if detect_device() == "cpu":
+            # Without use_cpu, transformers 5 treats CPU multi-process runs as non-distributed and mis-scales the
+            # loss (2x with 2 processes); declaring the CPU up front makes DDP over gloo match one process.
+            argv = ["--use_cpu", "true", *argv]
     objs = parse_args(types, argv, prog=f"tinyllm {command}")
     if command == "train-tokenizer":
         from .tokenizer_stage import run_tokenizer_training

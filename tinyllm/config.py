@@ -191,7 +191,6 @@ PRETRAIN_TRAINING_DEFAULTS = {
     "save_total_limit": 3,
     "report_to": "tensorboard",
     "optim": "adamw_torch",
-    "dataloader_drop_last": True,
     "logging_nan_inf_filter": False,  # a NaN must surface in the logs, not be averaged away
     "save_only_model": False,
 }

@@ -7,6 +7,7 @@ Output layout:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -182,7 +183,9 @@ def run_sft(model_args, data, lora, args) -> Path:
                            data_collator=SFTCollator(tokenizer.pad_token_id), processing_class=tokenizer,
                            callbacks=[DoctorCallback(args.learning_rate), interrupt])
 
-    eval_before = make_trainer(model).evaluate() if sft.eval is not None else {}
+    # The "before" loss is measured on a copy: evaluating the training model first makes Trainer treat it as
+    # already prepared, and under DDP it would then skip the DistributedDataParallel wrapper (unsynced grads).
+    eval_before = make_trainer(copy.deepcopy(model)).evaluate() if sft.eval is not None else {}
     start = time.time()
     trainer, result = train_with_recovery(make_trainer, model, args, resume, interrupt,
                                           lambda: build_model(_load_base(model_args.model_name_or_path)[0]))
