@@ -42,11 +42,14 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-# GPT-4 (cl100k) style split: contractions, letter runs (a run of Chinese characters is one piece, so BPE can
-# learn multi-character words), numbers of up to 3 digits, punctuation, newlines, and spaces kept exact.
+# GPT-4 (cl100k) style split: contractions, letter runs, numbers of up to 3 digits, punctuation, newlines, and
+# spaces kept exact. Chinese characters come in pieces of at most 2, so BPE can still learn two-character words
+# (most Chinese words) while poetry lines do not become thousands of unique "words": on 3.8 MB of mixed
+# English/Chinese at vocab 8000 this trains 1.5x faster than whole Han runs for -1.5% chars/token
+# (benchmarks/tokenizer_bench.py).
 SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-    r"|\s+(?!\S)|\s+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?(?:\p{Han}{1,2}|[^\p{Han}\P{L}]+)|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
 
