@@ -40,3 +40,10 @@ TINY_MODEL_ARGS = ["--model_type", "llama", "--preset", "nano", "--n_layer", "2"
                    "--block_size", "32", "--per_device_train_batch_size", "8", "--report_to", "none",
                    "--logging_steps", "5", "--warmup_steps", "5", "--save_steps", "1000", "--plot_loss", "true",
                    "--sample_max_new_tokens", "8", "--dataloader_num_workers", "0"]
+
+
+def run_python(code: str, cwd) -> str:
+    """Run a Python snippet in a fresh interpreter (no tinyllm imported); return its stdout, assert success."""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout

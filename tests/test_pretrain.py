@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from helpers import TINY_MODEL_ARGS, assert_user_error, run_cli, run_inprocess
+from helpers import run_python, TINY_MODEL_ARGS, assert_user_error, run_cli, run_inprocess
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +73,7 @@ def test_pipeline_loads_in_fresh_process_without_tinyllm(trained, tmp_path):
         "assert out.startswith('Once upon a time') and len(out) > len('Once upon a time')\n"
         "assert 'tinyllm' not in sys.modules\nprint('ok')\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
-    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
+    assert run_python(code, tmp_path).strip().endswith("ok")
 
 
 def test_generate_command_streams(trained):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from helpers import assert_user_error, run_inprocess
+from helpers import run_python, assert_user_error, run_inprocess
 from tinyllm.sft_data import row_to_messages, tokenize_conversation
 from tinyllm.tokenizer import IM_END
 
@@ -140,8 +140,7 @@ def test_pipeline_chats_in_fresh_process(sft_run, tmp_path):
         "assert msgs[-1]['role'] == 'assistant' and isinstance(msgs[-1]['content'], str)\n"
         "assert 'peft' not in sys.modules and 'tinyllm' not in sys.modules\nprint('ok')\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
-    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
+    assert run_python(code, tmp_path).strip().endswith("ok")
 
 
 def test_chat_command_multi_turn(sft_run):

@@ -226,7 +226,19 @@ class OutputArguments:
 
 
 @dataclass
-class PretrainExtras:
+class RunDefaults:
+    """Options shared by pretraining and SFT: precision policy and the sampling defaults saved with the model."""
+
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA that supports it, else fp16 on CUDA, fp32 on CPU/MPS), fp32, bf16 or fp16."})
+    gen_temperature: float = field(default=0.8, metadata={"help": "Sampling temperature stored in generation_config.json."})
+    gen_top_k: int = field(default=50, metadata={"help": "top_k stored in generation_config.json."})
+    gen_top_p: float = field(default=0.95, metadata={"help": "top_p stored in generation_config.json."})
+    gen_repetition_penalty: float = field(default=1.1, metadata={"help": "Repetition penalty stored in generation_config.json."})
+    gen_max_new_tokens: int = field(default=256, metadata={"help": "max_new_tokens stored in generation_config.json."})
+
+
+@dataclass
+class PretrainExtras(RunDefaults):
     """tinyllm fields added to transformers.TrainingArguments for pretraining."""
 
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
@@ -236,12 +248,6 @@ class PretrainExtras:
     sample_max_new_tokens: int = field(default=64, metadata={"help": "Tokens per sample at evaluation."})
     plot_loss: bool = field(default=True, metadata={"help": "Save loss_curve.png in the output folder."})
     license: str = field(default="apache-2.0", metadata={"help": "License written into the model card."})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA that supports it, else fp16 on CUDA, fp32 on CPU/MPS), fp32, bf16 or fp16."})
-    gen_temperature: float = field(default=0.8, metadata={"help": "Sampling temperature stored in generation_config.json."})
-    gen_top_k: int = field(default=50, metadata={"help": "top_k stored in generation_config.json."})
-    gen_top_p: float = field(default=0.95, metadata={"help": "top_p stored in generation_config.json."})
-    gen_repetition_penalty: float = field(default=1.1, metadata={"help": "Repetition penalty stored in generation_config.json."})
-    gen_max_new_tokens: int = field(default=256, metadata={"help": "max_new_tokens stored in generation_config.json."})
     nan_policy: str = field(default="stop", metadata={"help": "On a non-finite loss: stop (and say what to try)."})
 
 
@@ -251,15 +257,10 @@ class SFTModelArguments:
 
 
 @dataclass
-class SFTExtras:
+class SFTExtras(RunDefaults):
     """tinyllm fields added to transformers.TrainingArguments for instruction tuning."""
 
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
     license: str = field(default="apache-2.0", metadata={"help": "License written into the model card."})
     plot_loss: bool = field(default=True, metadata={"help": "Save loss_curve.png in the output folder."})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA that supports it, else fp16 on CUDA, fp32 on CPU/MPS), fp32, bf16 or fp16."})
     gen_temperature: float = field(default=0.7, metadata={"help": "Sampling temperature stored in generation_config.json."})
-    gen_top_k: int = field(default=50, metadata={"help": "top_k stored in generation_config.json."})
-    gen_top_p: float = field(default=0.95, metadata={"help": "top_p stored in generation_config.json."})
-    gen_repetition_penalty: float = field(default=1.1, metadata={"help": "Repetition penalty stored in generation_config.json."})
-    gen_max_new_tokens: int = field(default=256, metadata={"help": "max_new_tokens stored in generation_config.json."})

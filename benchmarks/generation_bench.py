@@ -1,0 +1,84 @@
+"""Generation speed at batch 1 and batch 8: tinyllm's generation (transformers `generate`, KV cache) against a
+nanoGPT-style `sample.py` loop (no KV cache: the whole cropped context is recomputed for every new token) on the
+same model, measured side by side.
+
+    python benchmarks/generation_bench.py --model outputs/shakespeare_char
+
+The model is any saved tinyllm folder (the reference is the ~0.8M shakespeare_char recipe, where a token is a
+character, so tokens/s = characters/s).
+"""
+
+import argparse
+import sys
+import time
+
+
+def nanogpt_loop(model, ids, new_tokens: int, block_size: int, temperature=0.8, top_k=40):
+    """nanoGPT's model.generate: crop to block_size, full forward, sample the last position."""
+    import torch
+
+    for _ in range(new_tokens):
+        ctx = ids[:, -block_size:]
+        logits = model(input_ids=ctx).logits[:, -1, :] / temperature
+        v, _ = torch.topk(logits, top_k)
+        logits[logits < v[:, [-1]]] = -float("inf")
+        nxt = torch.multinomial(torch.softmax(logits, dim=-1), 1)
+        ids = torch.cat([ids, nxt], dim=1)
+    return ids
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="outputs/shakespeare_char")
+    p.add_argument("--new_tokens", type=int, default=500)
+    p.add_argument("--prompt", default="ROMEO:")
+    a = p.parse_args()
+    import os
+
+    import torch
+
+    from tinyllm.generate import generate_text, load_for_generation
+
+    model, tok = load_for_generation(a.model, "cpu")
+    ctx = getattr(model.config, "max_position_embeddings", None) or model.config.n_positions
+    torch.manual_seed(0)
+    rows = []
+    for batch in (1, 8):
+        ids = tok([a.prompt] * batch, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            nanogpt_loop(model, ids, 5, ctx)  # warm-up
+            t = time.perf_counter()
+            nanogpt_loop(model, ids, a.new_tokens, ctx)
+            base = batch * a.new_tokens / (time.perf_counter() - t)
+            if batch == 1:
+                t = time.perf_counter()
+                text = generate_text(model, tok, a.prompt, max_new_tokens=a.new_tokens, do_sample=True,
+                                     temperature=0.8, top_k=40, eos_token_id=[-1])  # no early stop
+                ours = len(tok(text, add_special_tokens=False)["input_ids"]) / (time.perf_counter() - t)
+            else:
+                # batch 8 through generate() with a sliding window: same as generate_text, batched
+                t = time.perf_counter()
+                out = ids
+                remaining = a.new_tokens
+                while remaining > 0:
+                    window = out[:, -(ctx // 2):] if out.shape[1] + remaining > ctx and out.shape[1] > ids.shape[1] else out
+                    step = min(remaining, ctx - window.shape[1])
+                    res = model.generate(input_ids=window, attention_mask=torch.ones_like(window), do_sample=True,
+                                         temperature=0.8, top_k=40, max_new_tokens=step, min_new_tokens=step,
+                                         pad_token_id=tok.pad_token_id)
+                    out = torch.cat([out, res[:, window.shape[1]:]], dim=1)
+                    remaining -= step
+                ours = batch * a.new_tokens / (time.perf_counter() - t)
+        rows.append((batch, base, ours))
+    print(f"\nmodel: {a.model} ({sum(p.numel() for p in model.parameters()):,} parameters, context {ctx}), "
+          f"{a.new_tokens} new tokens per sequence, CPU ({os.cpu_count()} cores), torch threads "
+          f"{torch.get_num_threads()}\n")
+    print("| batch | nanoGPT-style loop (no KV cache) tok/s | tinyllm generate (KV cache) tok/s | speed-up |")
+    print("|---:|---:|---:|---:|")
+    for batch, base, ours in rows:
+        print(f"| {batch} | {base:,.0f} | {ours:,.0f} | {ours / base:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
