@@ -51,6 +51,9 @@ def apply_precision_policy(args) -> str:
     if device == "cuda" and choice == "bf16" and not torch.cuda.is_bf16_supported():
         raise ConfigError("this GPU does not support bf16; use --precision fp16")
     args.bf16, args.fp16 = choice == "bf16", choice == "fp16"
+    # TrainingArguments turns bf16/fp16 into `mixed_precision` in __post_init__, and Trainer reads only that:
+    # without this line the policy would print "bf16" and train in fp32.
+    args.mixed_precision = choice if choice in ("bf16", "fp16") else "no"
     attn = "sdpa"
     name = torch.cuda.get_device_name(0) if device == "cuda" else device
     desc = f"device: {name} | precision: {choice}{' (auto)' if args.precision == 'auto' else ''} | attention: {attn}"
