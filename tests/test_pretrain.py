@@ -175,3 +175,18 @@ def test_plan_answers_without_training(capsys):
     code, out, err = run_inprocess(capsys, "plan", "--config", "recipes/configs/quickstart.yaml")
     assert code == 0, err
     assert "tokens per step" in out and "memory estimate" in out and "cpu (2 cores)" in out
+
+
+def test_streaming_corpus_trains_without_materialising(tmp_path, tokenizer_dir, capsys):
+    """--streaming true: documents flow through an IterableDataset (for corpora bigger than memory)."""
+    code, _, err = run_inprocess(capsys, "pretrain", *TINY_MODEL_ARGS, "--dataset_name", "builtin",
+                                 "--builtin_num_documents", "600", "--tokenizer_name_or_path", tokenizer_dir,
+                                 "--streaming", "true", "--max_steps", "6", "--eval_steps", "3",
+                                 "--output_dir", tmp_path / "s")
+    assert code == 0, err
+    state = json.loads((tmp_path / "s" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    assert any("eval_loss" in h for h in state["log_history"])  # validation from the first streamed documents
+    code, _, err = run_inprocess(capsys, "pretrain", *TINY_MODEL_ARGS, "--streaming", "true", "--max_steps", "-1",
+                                 "--output_dir", tmp_path / "t")
+    assert_user_error(code, err, "streaming needs --max_steps")
