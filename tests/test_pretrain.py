@@ -2,8 +2,6 @@
 in a fresh process without tinyllm, data processing is cached, and bad input fails cleanly."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from helpers import REPO, TINY_MODEL_ARGS, assert_user_error, run_inprocess
 

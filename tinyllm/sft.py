@@ -117,28 +117,14 @@ def merge_check(peft_model, merged, sample_ids) -> float:
 
 def run_sft(model_args, data, lora, args) -> Path:
     import torch
-    from transformers import set_seed
 
-    from .device import apply_precision_policy
-    from .io import check_output_dir
     from .sft_data import SFTCollator, build_sft_datasets
     from .tokenizer import IM_END, IM_START
-    from .train import _setup_logging, resolve_resume
+    from .train import _setup_logging, prepare_run
 
     _setup_logging(args)
     out = Path(args.output_dir)
-    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
-    check_output_dir(out, args.overwrite_output_dir, resume=resume is not None)
-    if args.hub_token:
-        import os
-
-        os.environ.setdefault("HF_TOKEN", args.hub_token)
-        args.hub_token = None
-    push, args.push_to_hub = args.push_to_hub, False
-    device_line = apply_precision_policy(args)
-    if device_line.startswith("device: cpu"):
-        args.dataloader_pin_memory = False
-    set_seed(args.seed)
+    resume, push, device_line = prepare_run(args)
     model, tokenizer = _load_base(model_args.model_name_or_path)
     sft = build_sft_datasets(data, tokenizer, args.seed)
     logger.info(device_line)

@@ -62,7 +62,7 @@ def tokenizer_report(tokenizer, heldout: list[str], train_seconds: float, tokeni
 
 
 def _report_markdown(r: dict) -> str:
-    lines = [f"# Tokenizer report", "", f"- type: {r['tokenizer_type']}", f"- vocab size: {r['vocab_size']}",
+    lines = ["# Tokenizer report", "", f"- type: {r['tokenizer_type']}", f"- vocab size: {r['vocab_size']}",
              f"- corpus: {r['dataset_name']}", f"- training time: {r['train_seconds']} s", ""]
     rows = ([("all", r["heldout"])] if r["heldout"] else []) + list(r["per_language"].items())
     if rows:

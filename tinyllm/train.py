@@ -156,28 +156,35 @@ def _load_model(model_args, tokenizer, data, args):
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
 
 
-def run_pretraining(model_args: ModelArguments, data: DataArguments, tok_args: TokenizerArguments, args) -> Path:
-    """The whole pretraining stage. Returns the output folder."""
+def prepare_run(args) -> tuple[str | None, bool, str]:
+    """What every training stage does first: resolve the checkpoint to resume, refuse to clobber outputs, keep
+    the Hub token out of saved arguments and logs, apply the device/precision policy, and seed.
+    Returns (checkpoint to resume or None, whether to push at the end, the device line to log)."""
+    from transformers import set_seed
+
     from .device import apply_precision_policy
     from .io import check_output_dir
 
-    _setup_logging(args)
-    out = Path(args.output_dir)
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
-    check_output_dir(out, args.overwrite_output_dir, resume=resume is not None)
+    check_output_dir(args.output_dir, args.overwrite_output_dir, resume=resume is not None)
     if args.hub_token:  # keep secrets out of saved arguments (training_args.bin) and logs
         os.environ.setdefault("HF_TOKEN", args.hub_token)
         args.hub_token = None
     push, args.push_to_hub = args.push_to_hub, False  # we push the final folder ourselves, once
-    if args.max_steps <= 0 and data.streaming:
-        raise ConfigError("streaming needs --max_steps > 0 (the corpus length is unknown)")
     device_line = apply_precision_policy(args)
     if device_line.startswith("device: cpu"):
         args.dataloader_pin_memory = False  # pinning needs an accelerator; avoids a warning per epoch
-
-    from transformers import set_seed
-
     set_seed(args.seed)
+    return resume, push, device_line
+
+
+def run_pretraining(model_args: ModelArguments, data: DataArguments, tok_args: TokenizerArguments, args) -> Path:
+    """The whole pretraining stage. Returns the output folder."""
+    _setup_logging(args)
+    out = Path(args.output_dir)
+    if args.max_steps <= 0 and data.streaming:
+        raise ConfigError("streaming needs --max_steps > 0 (the corpus length is unknown)")
+    resume, push, device_line = prepare_run(args)
     tokenizer, tok_report = _prepare_tokenizer(model_args, data, tok_args, args)
     if not tokenizer.eos_token or not tokenizer.bos_token or not tokenizer.pad_token:
         raise ConfigError("the tokenizer needs bos, eos and pad tokens; train it with tinyllm")
