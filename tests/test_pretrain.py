@@ -110,6 +110,15 @@ def test_utf8_streamer_never_prints_half_a_character(bpe_tokenizer):
     assert "".join(chunks) == text + "\n"
     assert any(len(bpe_tokenizer.decode([i])) == 1 and bpe_tokenizer.decode([i]) == "\ufffd" for i in byte_ids)
     assert ids  # the merged tokenisation exists too
+    # generation that stops in the middle of a character (max_new_tokens reached) ends cleanly
+    emoji = bpe_tokenizer("ok😀", add_special_tokens=False)["input_ids"]
+    assert len(emoji) > 2  # "ok" + the emoji's bytes, split over several byte tokens
+    chunks.clear()
+    streamer = Utf8Streamer(bpe_tokenizer, out=Sink(), skip_prompt=False)
+    for i in emoji[:-1]:  # stop one byte short of the emoji
+        streamer.put(torch.tensor([i]))
+    streamer.end()
+    assert "".join(chunks) == "ok\n"
 
 
 def test_second_run_reuses_cached_tokenization(tmp_path, tokenizer_dir, capsys):

@@ -7,7 +7,13 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["Utf8Streamer", "load_for_generation", "run_generate", "run_chat", "generate_text"]
+__all__ = ["drop_partial_char", "Utf8Streamer", "load_for_generation", "run_generate", "run_chat", "generate_text"]
+
+
+def drop_partial_char(text: str) -> str:
+    """Generation can stop in the middle of a multi-byte character (max_new_tokens reached); its bytes decode to
+    U+FFFD at the very end of the text. Drop that tail rather than show a broken character."""
+    return text.rstrip("\ufffd")
 
 
 class Utf8Streamer:
@@ -40,7 +46,7 @@ class Utf8Streamer:
         self.text = text
 
     def end(self) -> None:
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        text = drop_partial_char(self.tokenizer.decode(self.ids, skip_special_tokens=True))
         if len(text) > self.printed:
             self.out.write(text[self.printed:])
         self.out.write("\n")
@@ -129,7 +135,7 @@ def generate_text(model, tokenizer, prompt: str, streamer=None, **kwargs) -> str
                 break
     if streamer is not None:
         streamer.end()
-    return tokenizer.decode(new, skip_special_tokens=True)
+    return drop_partial_char(tokenizer.decode(new, skip_special_tokens=True))
 
 
 def run_generate(args) -> list[str]:
