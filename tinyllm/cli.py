@@ -42,7 +42,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def _split_config_flag(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     rest, config = [], None
-    it = iter(range(len(argv)))
     i = 0
     argv = list(argv)
     while i < len(argv):
@@ -58,7 +57,6 @@ def _split_config_flag(argv: Sequence[str]) -> tuple[str | None, list[str]]:
         else:
             rest.append(arg)
         i += 1
-    del it
     return config, rest
 
 

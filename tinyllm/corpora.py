@@ -245,8 +245,7 @@ def _file_documents(path: Path, text_column: str | None) -> Iterator[str]:
 # ---------------------------------------------------------------- resolution
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or Path(name).suffix.lower() in LOCAL_SUFFIXES or os.sep in name and \
-        Path(name).expanduser().exists()
+    return name.startswith((".", "/", "~")) or Path(name).suffix.lower() in LOCAL_SUFFIXES
 
 
 def resolve_corpus(dataset_name: str, cache_dir: str | None = None) -> tuple[str, list[Path]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import platform
 import shutil
@@ -175,7 +174,3 @@ def push_folder(folder: Path, repo_id: str | None, private: bool | None = None) 
         raise TinyLLMError(f"could not push {folder} to the Hub repo '{repo_id}': {msg[:200]}. The model is saved "
                            f"locally; check your network and `hf auth login`, then run: hf upload {repo_id} {folder}")
     return str(getattr(info, "commit_url", "") or f"https://huggingface.co/{repo_id}")
-
-
-def finite_or_none(x):
-    return x if isinstance(x, (int, float)) and math.isfinite(x) else None

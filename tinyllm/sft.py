@@ -105,14 +105,13 @@ def evaluate_answers(model, tokenizer, conversations: list[list[dict]], max_new_
     ][:8]}
 
 
-def merge_check(peft_model, merged, sample_ids) -> float:
-    """Max |logit difference| between the adapter model and the merged model on a sample batch."""
+def merge_check(adapter_logits, merged, sample_ids) -> float:
+    """Max |logit difference| between the adapter model's logits (computed before merging, since merging
+    modifies the base in place) and the merged model's on the same sample batch."""
     import torch
 
     with torch.no_grad():
-        a = peft_model(input_ids=sample_ids).logits
-        b = merged(input_ids=sample_ids).logits
-    return float((a - b).abs().max())
+        return float((adapter_logits - merged(input_ids=sample_ids).logits).abs().max())
 
 
 def run_sft(model_args, data, lora, args) -> Path:
@@ -230,8 +229,7 @@ def _save_sft(trainer, tokenizer, args, model_args, data, lora, metrics, after, 
         with torch.no_grad():
             ref_logits = model(input_ids=sample).logits
         merged = model.merge_and_unload()
-        with torch.no_grad():
-            diff = float((ref_logits - merged(input_ids=sample).logits).abs().max())
+        diff = merge_check(ref_logits, merged, sample)
         metrics["merge_max_abs_logit_diff"] = diff
         if not diff < 1e-3:
             raise TinyLLMError(f"merged and adapter logits disagree (max diff {diff:.2e}); the adapter is saved in "

@@ -13,7 +13,7 @@ from pathlib import Path
 from .config import DataArguments, ModelArguments, TokenizerArguments
 from .errors import ConfigError, TinyLLMError
 
-__all__ = ["Interrupted", "train_with_recovery", "check_checkpoint_matches", "run_pretraining", "resolve_resume", "load_tokenizer", "plan_run", "find_last_checkpoint"]
+__all__ = ["Interrupted", "train_with_recovery", "check_checkpoint_matches", "run_pretraining", "resolve_resume", "load_tokenizer", "find_last_checkpoint"]
 
 logger = logging.getLogger("tinyllm.train")
 
@@ -95,14 +95,6 @@ def _entropy_floor(data: DataArguments, seed: int) -> float | None:
         docs = docs[: data.max_documents]
     n_val = max(1, round(len(docs) * data.validation_split_percentage / 100))
     return corpus_entropy(docs[-n_val:])["bits_per_char"]
-
-
-def plan_run(model_args: ModelArguments, data: DataArguments, args, n_params: int, n_params_no_emb: int,
-             train_tokens: int | None, vocab: int, world_size: int = 1) -> dict:
-    """Numbers worth seeing before a run: tokens per step, tokens per parameter, memory and time estimates."""
-    from .plan import estimate
-
-    return estimate(model_args, data, args, n_params, n_params_no_emb, train_tokens, vocab, world_size)
 
 
 def _setup_logging(args) -> None:
@@ -205,7 +197,9 @@ def run_pretraining(model_args: ModelArguments, data: DataArguments, tok_args: T
     n_params = count_parameters(model)
     n_params_no_emb = count_parameters(model, exclude_embeddings=True)
     world = args.world_size
-    plan = plan_run(model_args, data, args, n_params, n_params_no_emb, lm.train_tokens, model.config.vocab_size, world)
+    from .plan import estimate
+
+    plan = estimate(model_args, data, args, n_params, n_params_no_emb, lm.train_tokens, model.config.vocab_size, world)
     floor = _entropy_floor(data, args.seed)
     logger.info(device_line)
     logger.info("plan:\n%s", plan["text"])
