@@ -53,7 +53,7 @@ def main() -> int:
             if batch == 1:
                 t = time.perf_counter()
                 text = generate_text(model, tok, a.prompt, max_new_tokens=a.new_tokens, do_sample=True,
-                                     temperature=0.8, top_k=40, eos_token_id=[-1])  # no early stop
+                                     temperature=0.8, top_k=40, eos_token_id=[tok.pad_token_id])  # pad is never sampled: no early stop
                 ours = len(tok(text, add_special_tokens=False)["input_ids"]) / (time.perf_counter() - t)
             else:
                 # batch 8 through generate() with a sliding window: same as generate_text, batched
