@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 from pathlib import Path
 
 from .errors import TinyLLMError
@@ -143,17 +142,6 @@ def save_model_folder(model, tokenizer, generation_config, folder: Path) -> None
     model.generation_config = generation_config
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-
-
-def move_into(staging: Path, dest: Path) -> None:
-    """Move every file of `staging` into `dest` (each rename is atomic), then remove `staging`."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for item in staging.iterdir():
-        target = dest / item.name
-        if target.is_dir() and not item.is_dir():
-            shutil.rmtree(target)
-        os.replace(item, target)
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def push_folder(folder: Path, repo_id: str | None, private: bool | None = None) -> str:

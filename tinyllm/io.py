@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["check_output_dir", "atomic_output_dir", "split_documents"]
+__all__ = ["check_output_dir", "atomic_output_dir", "staged_into", "split_documents"]
 
 
 def check_output_dir(path: str | os.PathLike, overwrite: bool, resume: bool = False) -> None:
@@ -41,6 +41,25 @@ def atomic_output_dir(final: str | os.PathLike):
     os.replace(tmp, final)
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_into(dest: str | os.PathLike):
+    """Yield a hidden temporary folder inside `dest` (which may hold checkpoints already); on success move each of
+    its entries into `dest`, replacing same-named ones; on error remove it. `dest` never holds half-written
+    final files."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".final-", dir=dest))
+    try:
+        yield staging
+        for item in staging.iterdir():
+            target = dest / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def split_documents(docs: list[str], validation_percentage: float) -> tuple[list[str], list[str]]:

@@ -11,8 +11,6 @@ import copy
 import json
 import logging
 import math
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -157,7 +155,7 @@ def run_sft(model_args, data, lora, args) -> Path:
     logger.info("before SFT: exact match %.3f, stopped %.3f", before["exact_match"], before["stopped_rate"])
 
     from .callbacks import DoctorCallback, InterruptCallback, TinyTrainer
-    from .train import Interrupted, find_last_checkpoint, train_with_recovery
+    from .train import train_with_recovery
 
     if sft.eval is None:
         args.eval_strategy = "no"
@@ -175,10 +173,7 @@ def run_sft(model_args, data, lora, args) -> Path:
     trainer, result = train_with_recovery(make_trainer, model, args, resume, interrupt,
                                           lambda: build_model(_load_base(model_args.model_name_or_path)[0]))
     seconds = time.time() - start
-    if interrupt.interrupted:
-        raise Interrupted(f"{interrupt.interrupted}: stopped at step {trainer.state.global_step}; checkpoint saved to "
-                          f"{find_last_checkpoint(args.output_dir)}. Resume with the same command plus "
-                          f"--resume_from_checkpoint true")
+
     eval_after = trainer.evaluate() if sft.eval is not None else {}
     after = evaluate_answers(trainer.model, tokenizer, sft.eval_conversations, data.eval_max_new_tokens)
     logger.info("after SFT: exact match %.3f, stopped %.3f", after["exact_match"], after["stopped_rate"])
@@ -215,51 +210,48 @@ def run_sft(model_args, data, lora, args) -> Path:
 def _save_sft(trainer, tokenizer, args, model_args, data, lora, metrics, after, im_ids, sft) -> None:
     import torch
 
-    from .hub import hardware_summary, make_generation_config, move_into, plot_loss, save_model_folder, write_model_card
+    from .hub import hardware_summary, make_generation_config, plot_loss, save_model_folder, write_model_card
+    from .io import staged_into
 
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
-    model = trainer.model
-    sample = torch.tensor([sft.train[0]["input_ids"][:64]], device=model.device)
-    if lora.use_lora:
-        model.save_pretrained(staging / "adapter")
-        tokenizer.save_pretrained(staging / "adapter")
-        model.eval()
-        with torch.no_grad():
-            ref_logits = model(input_ids=sample).logits
-        merged = model.merge_and_unload()
-        diff = merge_check(ref_logits, merged, sample)
-        metrics["merge_max_abs_logit_diff"] = diff
-        if not diff < 1e-3:
-            raise TinyLLMError(f"merged and adapter logits disagree (max diff {diff:.2e}); the adapter is saved in "
-                               f"{staging / 'adapter'}")
-    else:
-        merged = model
-    gen = make_generation_config(tokenizer, args, eos_ids=[im_ids[1], tokenizer.eos_token_id])
-    save_model_folder(merged, tokenizer, gen, staging)
-    if args.plot_loss:
-        plot_loss(trainer.state.log_history, staging / "loss_curve.png", title="SFT loss (answer tokens only)")
-    (staging / "sft_eval_examples.json").write_text(json.dumps(after["examples"], indent=2, ensure_ascii=False))
-    summary = {"architecture": type(merged).__name__, "base model": model_args.model_name_or_path,
-               "method": f"LoRA r={lora.lora_r}, alpha={lora.lora_alpha}" if lora.use_lora else "full fine-tuning",
-               "trainable parameters": f"{metrics['trainable_parameters']:,} of {metrics['total_parameters']:,}",
-               "SFT data": data.dataset_name, "training examples": metrics["train_examples"],
-               "answer-token loss before / after": f"{_f(metrics['eval_answer_loss_before'])} / "
-                                                   f"{_f(metrics['eval_answer_loss'])}",
-               "exact match before / after": f"{metrics['exact_match_before']:.3f} / {metrics['exact_match']:.3f}",
-               "answers ending with <|im_end|>": f"{metrics['stopped_rate']:.0%}",
-               "steps": trainer.state.global_step, "hardware": hardware_summary(),
-               "training time (s)": metrics["sft_runtime_s"]}
-    question = sft.eval_conversations[0][-2]["content"] if sft.eval_conversations else "Hello!"
-    write_model_card(staging, name=args.hub_model_id or out.name, title=f"tinyllm chat model ({out.name})",
-                     datasets=[data.dataset_name], license=args.license, summary=summary, chat=True,
-                     description=f"An instruction-tuned version of {model_args.model_name_or_path}, trained with "
-                                 f"LoRA on question-answer pairs and merged into plain transformers weights.",
-                     usage_prompt=question, base_model=model_args.model_name_or_path)
-    if (out / "adapter").exists():
-        shutil.rmtree(out / "adapter")
-    move_into(staging, out)
+    with staged_into(out) as staging:
+        model = trainer.model
+        sample = torch.tensor([sft.train[0]["input_ids"][:64]], device=model.device)
+        if lora.use_lora:
+            model.save_pretrained(staging / "adapter")
+            tokenizer.save_pretrained(staging / "adapter")
+            model.eval()
+            with torch.no_grad():
+                ref_logits = model(input_ids=sample).logits
+            merged = model.merge_and_unload()
+            diff = merge_check(ref_logits, merged, sample)
+            metrics["merge_max_abs_logit_diff"] = diff
+            if not diff < 1e-3:
+                raise TinyLLMError(f"merged and adapter logits disagree (max diff {diff:.2e}); nothing was saved. Retry "
+                                   f"with --use_lora false, or report this with --debug output")
+        else:
+            merged = model
+        gen = make_generation_config(tokenizer, args, eos_ids=[im_ids[1], tokenizer.eos_token_id])
+        save_model_folder(merged, tokenizer, gen, staging)
+        if args.plot_loss:
+            plot_loss(trainer.state.log_history, staging / "loss_curve.png", title="SFT loss (answer tokens only)")
+        (staging / "sft_eval_examples.json").write_text(json.dumps(after["examples"], indent=2, ensure_ascii=False))
+        summary = {"architecture": type(merged).__name__, "base model": model_args.model_name_or_path,
+                   "method": f"LoRA r={lora.lora_r}, alpha={lora.lora_alpha}" if lora.use_lora else "full fine-tuning",
+                   "trainable parameters": f"{metrics['trainable_parameters']:,} of {metrics['total_parameters']:,}",
+                   "SFT data": data.dataset_name, "training examples": metrics["train_examples"],
+                   "answer-token loss before / after": f"{_f(metrics['eval_answer_loss_before'])} / "
+                                                       f"{_f(metrics['eval_answer_loss'])}",
+                   "exact match before / after": f"{metrics['exact_match_before']:.3f} / {metrics['exact_match']:.3f}",
+                   "answers ending with <|im_end|>": f"{metrics['stopped_rate']:.0%}",
+                   "steps": trainer.state.global_step, "hardware": hardware_summary(),
+                   "training time (s)": metrics["sft_runtime_s"]}
+        question = sft.eval_conversations[0][-2]["content"] if sft.eval_conversations else "Hello!"
+        write_model_card(staging, name=args.hub_model_id or out.name, title=f"tinyllm chat model ({out.name})",
+                         datasets=[data.dataset_name], license=args.license, summary=summary, chat=True,
+                         description=f"An instruction-tuned version of {model_args.model_name_or_path}, trained with "
+                                     f"LoRA on question-answer pairs and merged into plain transformers weights.",
+                         usage_prompt=question, base_model=model_args.model_name_or_path)
     trainer.save_metrics("all", {k: v for k, v in metrics.items() if v is not None and not
                                  (isinstance(v, float) and math.isnan(v))})
     trainer.save_state()

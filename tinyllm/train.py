@@ -237,10 +237,6 @@ def run_pretraining(model_args: ModelArguments, data: DataArguments, tok_args: T
     trainer, result = train_with_recovery(make_trainer, model, args, resume, interrupt,
                                           lambda: _load_model(model_args, tokenizer, data, args))
     train_seconds = time.time() - start
-    if interrupt.interrupted:
-        last = find_last_checkpoint(args.output_dir)
-        raise Interrupted(f"{interrupt.interrupted}: stopped at step {trainer.state.global_step}; checkpoint saved to "
-                          f"{last}. Resume with the same command plus --resume_from_checkpoint true")
     metrics = dict(result.metrics)
     if lm.eval is not None:
         metrics.update(trainer.evaluate())
@@ -296,7 +292,8 @@ def _is_oom(exc: BaseException) -> bool:
 def train_with_recovery(make_trainer, model, args, resume, interrupt, reload_model, max_halvings: int = 4):
     """trainer.train() with the failure modes users hit, turned into actions and plain words:
     out-of-memory halves the micro-batch and doubles gradient accumulation (same global batch) and retries;
-    a NaN/inf loss stops without saving a final model; Ctrl+C/SIGTERM saves a checkpoint and says how to resume."""
+    a NaN/inf loss stops without saving a final model; Ctrl+C/SIGTERM saves a checkpoint and raises Interrupted
+    with the resume command."""
     from .callbacks import NonFiniteLossError
 
     if resume and args.max_steps > 0 and _checkpoint_step(resume) >= args.max_steps:
@@ -317,7 +314,12 @@ def train_with_recovery(make_trainer, model, args, resume, interrupt, reload_mod
         for attempt in range(max_halvings + 1):
             trainer = make_trainer(model)
             try:
-                return trainer, trainer.train(resume_from_checkpoint=resume)
+                result = trainer.train(resume_from_checkpoint=resume)
+                if interrupt.interrupted:
+                    raise Interrupted(f"{interrupt.interrupted}: stopped at step {trainer.state.global_step}; "
+                                      f"checkpoint saved to {find_last_checkpoint(args.output_dir)}. Resume with the "
+                                      f"same command plus --resume_from_checkpoint true")
+                return trainer, result
             except NonFiniteLossError as exc:
                 raise TinyLLMError(str(exc)) from None
             except (RuntimeError, MemoryError) as exc:
@@ -348,47 +350,45 @@ def train_with_recovery(make_trainer, model, args, resume, interrupt, reload_mod
 
 def _save_final(trainer, tokenizer, tok_report, args, model_args, data, metrics, plan, seconds, floor, samples,
                 doctor_messages, lm, prompts) -> None:
-    import tempfile
-
     from .corpora import describe_source
-    from .hub import hardware_summary, make_generation_config, move_into, plot_loss, save_model_folder, write_model_card
+    from .hub import hardware_summary, make_generation_config, plot_loss, save_model_folder, write_model_card
+    from .io import staged_into
 
     out = Path(args.output_dir)
-    staging = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
-    model = trainer.model
-    save_model_folder(model, tokenizer, make_generation_config(tokenizer, args), staging)
-    if tok_report:
-        (staging / "tokenizer_report.json").write_text(json.dumps(tok_report, indent=2, ensure_ascii=False) + "\n")
-    floor_nats = None
-    if floor is not None and lm.eval_tokens_per_char:
-        floor_nats = floor * math.log(2) / lm.eval_tokens_per_char
-    if args.plot_loss:
-        plot_loss(trainer.state.log_history, staging / "loss_curve.png", floor_nats,
-                  f"{model.config.model_type} {model_args.preset} on {data.dataset_name}")
-    (staging / "samples.md").write_text("# Samples\n\n" + "\n\n".join(f"```\n{s}\n```" for s in samples) + "\n",
-                                        encoding="utf-8")
-    summary = {
-        "architecture": type(model).__name__, "preset": model_args.preset, "parameters": metrics["parameters"],
-        "layers / heads / width": f"{model.config.num_hidden_layers} / {model.config.num_attention_heads} / "
-                                  f"{model.config.hidden_size}",
-        "context (block_size)": data.block_size, "vocab size": model.config.vocab_size,
-        "corpus": describe_source(data.dataset_name), "training tokens (corpus)": metrics.get("train_tokens"),
-        "tokens seen": plan["tokens_per_step"] * trainer.state.global_step, "steps": trainer.state.global_step,
-        "final train loss": metrics.get("train_loss"), "final validation loss": metrics.get("eval_loss"),
-        "validation perplexity": metrics.get("eval_perplexity"),
-        "validation bits per byte": metrics.get("eval_bits_per_byte"),
-        "hardware": hardware_summary(), "training time (s)": round(seconds, 1),
-    }
-    if floor is not None:
-        summary["validation bits per char"] = metrics.get("eval_bits_per_char")
-        summary["corpus entropy floor (bits per char)"] = round(floor, 4)
-    if doctor_messages:
-        summary["training doctor"] = " / ".join(doctor_messages)
-    write_model_card(staging, name=args.hub_model_id or out.name, title=f"tinyllm {model_args.preset} ({model.config.model_type}) on {data.dataset_name}",
-                     datasets=[data.dataset_name], license=args.license, summary=summary,
-                     description=f"A {metrics['parameters'] / 1e6:.2f}M-parameter language model trained from "
-                                 f"scratch on {describe_source(data.dataset_name)}.",
-                     usage_prompt=prompts[0])
-    move_into(staging, out)
+    with staged_into(out) as staging:
+        model = trainer.model
+        save_model_folder(model, tokenizer, make_generation_config(tokenizer, args), staging)
+        if tok_report:
+            (staging / "tokenizer_report.json").write_text(json.dumps(tok_report, indent=2, ensure_ascii=False) + "\n")
+        floor_nats = None
+        if floor is not None and lm.eval_tokens_per_char:
+            floor_nats = floor * math.log(2) / lm.eval_tokens_per_char
+        if args.plot_loss:
+            plot_loss(trainer.state.log_history, staging / "loss_curve.png", floor_nats,
+                      f"{model.config.model_type} {model_args.preset} on {data.dataset_name}")
+        (staging / "samples.md").write_text("# Samples\n\n" + "\n\n".join(f"```\n{s}\n```" for s in samples) + "\n",
+                                            encoding="utf-8")
+        summary = {
+            "architecture": type(model).__name__, "preset": model_args.preset, "parameters": metrics["parameters"],
+            "layers / heads / width": f"{model.config.num_hidden_layers} / {model.config.num_attention_heads} / "
+                                      f"{model.config.hidden_size}",
+            "context (block_size)": data.block_size, "vocab size": model.config.vocab_size,
+            "corpus": describe_source(data.dataset_name), "training tokens (corpus)": metrics.get("train_tokens"),
+            "tokens seen": plan["tokens_per_step"] * trainer.state.global_step, "steps": trainer.state.global_step,
+            "final train loss": metrics.get("train_loss"), "final validation loss": metrics.get("eval_loss"),
+            "validation perplexity": metrics.get("eval_perplexity"),
+            "validation bits per byte": metrics.get("eval_bits_per_byte"),
+            "hardware": hardware_summary(), "training time (s)": round(seconds, 1),
+        }
+        if floor is not None:
+            summary["validation bits per char"] = metrics.get("eval_bits_per_char")
+            summary["corpus entropy floor (bits per char)"] = round(floor, 4)
+        if doctor_messages:
+            summary["training doctor"] = " / ".join(doctor_messages)
+        write_model_card(staging, name=args.hub_model_id or out.name, title=f"tinyllm {model_args.preset} ({model.config.model_type}) on {data.dataset_name}",
+                         datasets=[data.dataset_name], license=args.license, summary=summary,
+                         description=f"A {metrics['parameters'] / 1e6:.2f}M-parameter language model trained from "
+                                     f"scratch on {describe_source(data.dataset_name)}.",
+                         usage_prompt=prompts[0])
     trainer.save_metrics("all", {k: v for k, v in metrics.items() if v is not None})
     trainer.save_state()
