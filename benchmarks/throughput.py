@@ -16,14 +16,15 @@ import time
 from pathlib import Path
 
 
-def plain_loop(model, train, batch: int, steps: int, warmup: int, lr: float, bf16: bool, device: str) -> float:
+def plain_loop(model, train, batch: int, steps: int, warmup: int, lr: float, bf16: bool, device: str,
+               fused: bool = False) -> float:
     """The baseline: AdamW + grad clipping, same batches in order, bf16 autocast on CUDA. Returns tokens/s."""
     import torch
 
     model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.1)
-    ids = torch.tensor(train["input_ids"])
-    labels = torch.tensor(train["labels"])
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.1, fused=fused or None)
+    rows = train.with_format("torch")[:]  # all packed sequences as two [n, block] tensors
+    ids, labels = rows["input_ids"], rows["labels"]
     n = ids.shape[0] // batch
     tokens = 0
     start = None
@@ -101,7 +102,8 @@ def main() -> int:
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
     if a.compile:
         model = torch.compile(model)
-    plain = plain_loop(model, lm.train, a.batch, a.steps, a.warmup, 1e-3, bf16, device)
+    # tinyllm uses fused AdamW on CUDA (device policy): the baseline gets the same optimizer
+    plain = plain_loop(model, lm.train, a.batch, a.steps, a.warmup, 1e-3, bf16, device, fused=device == "cuda")
     name = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU ({os.cpu_count()} cores)"
     overhead = 100 * (plain - ours) / plain
     print(f"\n| device | model | params | batch x block | compile | plain PyTorch tok/s | tinyllm (Trainer) tok/s | "

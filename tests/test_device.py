@@ -27,6 +27,8 @@ def test_policy_sets_the_mixed_precision_trainer_reads(monkeypatch, device, bf16
     assert args.mixed_precision == expected  # what Trainer passes to accelerate
     assert args.bf16 == (expected == "bf16") and args.fp16 == (expected == "fp16")
     assert line.startswith("device: ") and "precision:" in line
+    # the default AdamW becomes the fused kernel on CUDA only (Trainer reads args.optim when building it)
+    assert (args.optim == "adamw_torch_fused") == (device == "cuda")
 
 
 @pytest.mark.parametrize("device, precision", [("mps", "fp16"), ("cpu", "fp16")])
@@ -57,3 +59,29 @@ def test_cpu_bf16_run_trains_in_bf16_autocast(tmp_path, tokenizer_dir, capsys, m
     assert code == 0, err
     assert "precision: bf16" in err
     assert seen == ["bf16"]
+
+
+def test_fused_adamw_choice_is_one_trainer_can_build(monkeypatch):
+    """The policy's optimizer name must be one Trainer's optimizer table knows (it is keyed by an enum)."""
+    import torch
+    from transformers import Trainer
+
+    monkeypatch.setattr(dev, "detect_device", lambda use_cpu=False: "cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Fake GPU")
+    args = _args()
+    assert "fused AdamW" in dev.apply_precision_policy(args)
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    assert cls is torch.optim.AdamW and kwargs.get("fused") is True
+
+
+@pytest.mark.parametrize("compile_, n_train, workers, drop, persistent", [
+    (True, 100, 4, True, True), (True, 10, 0, False, False), (False, 100, 4, False, False), (True, None, 2, False, True),
+])
+def test_compiled_runs_avoid_the_epoch_end_recompile(compile_, n_train, workers, drop, persistent):
+    from tinyllm.train import compile_friendly_loader
+
+    args = _args(torch_compile=compile_, per_device_train_batch_size=32, dataloader_num_workers=workers)
+    compile_friendly_loader(args, n_train)
+    assert args.dataloader_drop_last is drop  # a partial batch would change the traced shapes
+    assert args.dataloader_persistent_workers is persistent

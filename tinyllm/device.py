@@ -2,6 +2,7 @@
 
 CUDA: bf16 where the GPU supports it (Ampere+), else fp16 with loss scaling. Apple MPS: fp32 (fp16 autocast on
 MPS gives errors and NaNs for many users). CPU: fp32, bf16 only when asked (`--precision bf16`).
+On CUDA the default AdamW becomes the fused kernel (same algorithm, one kernel for all parameters).
 """
 
 from __future__ import annotations
@@ -54,9 +55,16 @@ def apply_precision_policy(args) -> str:
     # TrainingArguments turns bf16/fp16 into `mixed_precision` in __post_init__, and Trainer reads only that:
     # without this line the policy would print "bf16" and train in fp32.
     args.mixed_precision = choice if choice in ("bf16", "fp16") else "no"
+    if device == "cuda" and args.optim == "adamw_torch":
+        from transformers.training_args import OptimizerNames
+
+        # Trainer looks args.optim up in a dict keyed by this enum (a plain string would not be found)
+        args.optim = OptimizerNames.ADAMW_TORCH_FUSED
     attn = "sdpa"
     name = torch.cuda.get_device_name(0) if device == "cuda" else device
     desc = f"device: {name} | precision: {choice}{' (auto)' if args.precision == 'auto' else ''} | attention: {attn}"
+    if args.optim == "adamw_torch_fused":
+        desc += " | fused AdamW"
     if getattr(args, "torch_compile", False):
         desc += " | torch.compile"
     return desc

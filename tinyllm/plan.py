@@ -9,7 +9,8 @@ from __future__ import annotations
 __all__ = ["estimate", "DEVICE_TFLOPS"]
 
 # Sustained training throughput (TFLOP/s) for small models, from measurements and common MFU figures:
-# 2-core CPU measured here (~0.8M model at ~30k tokens/s); M-series and GPUs at a realistic 30-40% MFU.
+# 2-core CPU measured here (~0.8M model at ~30k tokens/s); H100-class: the 110M recipe measured 299 TFLOP/s by 6N
+# on an H200 (same bf16 peak as an H100; benchmarks/RESULTS.md); others at a realistic 30-40% MFU.
 DEVICE_TFLOPS = {
     "cpu (2 cores)": 0.15,
     "apple m-series gpu": 3.0,
