@@ -197,3 +197,44 @@ def test_streaming_corpus_trains_without_materialising(tmp_path, tokenizer_dir, 
     code, _, err = run_inprocess(capsys, "pretrain", *TINY_MODEL_ARGS, "--streaming", "true", "--max_steps", "-1",
                                  "--output_dir", tmp_path / "t")
     assert_user_error(code, err, "streaming needs --max_steps")
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+@pytest.mark.parametrize("settings", [
+    {},  # the model's saved sampling defaults (temperature, top-k, top-p, repetition penalty)
+    {"do_sample": False},
+    {"temperature": 1.5, "top_k": 0, "top_p": 0.9, "repetition_penalty": 1.0},
+])
+def test_fast_decoding_gives_generates_tokens(bpe_tokenizer, model_type, settings):
+    """generate_text's lean batch-1 loop must pick exactly the tokens generate() picks for the same seed,
+    across context-window slides, and stream exactly what it returns."""
+    import io
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tinyllm.config import ModelArguments
+    from tinyllm.generate import Utf8Streamer, _fast_processors, generate_text
+    from tinyllm.hub import make_generation_config
+    from tinyllm.modeling import build_config
+
+    tok = bpe_tokenizer
+    cfg = build_config(ModelArguments(model_type=model_type, preset="nano", n_layer=2, n_embd=32, n_head=2),
+                       len(tok), 24, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    model.generation_config = make_generation_config(tok, SimpleNamespace(
+        gen_temperature=0.8, gen_top_k=40, gen_top_p=0.95, gen_repetition_penalty=1.1, gen_max_new_tokens=256))
+    assert _fast_processors(model, dict(settings)) is not None  # these settings take the fast path
+    assert _fast_processors(model, {**settings, "num_beams": 1}) is None  # ... and this forces generate()
+
+    texts = []
+    for extra in ({}, {"num_beams": 1}):
+        torch.manual_seed(7)
+        sink = io.StringIO()
+        text = generate_text(model, tok, "从前有一只", streamer=Utf8Streamer(tok, out=sink), max_new_tokens=60,
+                             eos_token_id=[tok.pad_token_id], **settings, **extra)  # pad: never sampled, no early stop
+        assert sink.getvalue() == text + "\n"
+        texts.append(text)
+    assert texts[0] == texts[1] and len(tok(texts[0], add_special_tokens=False)["input_ids"]) >= 40
