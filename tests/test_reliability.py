@@ -170,6 +170,24 @@ def test_planner_warns_when_model_dwarfs_data():
     assert plan["memory_bytes"] > 5_000_000 * 16
 
 
+def test_planner_counts_attention_flops():
+    """Time estimates use 6N + 12 L d T FLOPs per token: a longer context costs more at the same parameter count."""
+    from tinyllm.config import DataArguments, ModelArguments
+    from tinyllm.plan import estimate
+    from tinyllm.training_args import PretrainingArguments
+
+    args = PretrainingArguments(report_to="none", max_steps=100, per_device_train_batch_size=4)
+    flops = {}
+    for block in (64, 1024):
+        plan = estimate(ModelArguments(preset="nano"), DataArguments(block_size=block), args, n_params=1_000_000,
+                        n_params_no_emb=800_000, train_tokens=None, vocab=512)
+        tokens = 100 * 4 * block
+        assert plan["total_tokens"] == tokens
+        flops[block] = plan["flops"] / tokens
+    assert flops[64] == 6 * 1_000_000 + 12 * 4 * 128 * 64  # nano: 4 layers, 128 wide
+    assert flops[1024] == 6 * 1_000_000 + 12 * 4 * 128 * 1024
+
+
 def test_hub_token_never_written_or_logged(tmp_path, tokenizer_dir, capsys, monkeypatch):
     secret = "hf_TinyllmTestSecret0123456789"
     monkeypatch.delenv("HF_TOKEN", raising=False)

@@ -138,17 +138,26 @@ def _fast_processors(model, kwargs: dict):
     return procs, bool(cfg.do_sample)
 
 
+def _cache_kwarg(model) -> str:
+    """The forward() argument that takes the KV cache: `cache` in recent transformers 5.x, `past_key_values` before."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper takes **kwargs
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def _decode_window(model, window, steps: int, procs, do_sample: bool, eos: set, streamer) -> list[int]:
     """generate()'s sampling loop for one sequence without its per-token bookkeeping: KV cache, the same logits
-    processors, softmax + multinomial (or argmax), so the same seed gives the same tokens. ~1.4x faster at batch 1
-    on a 2-core CPU (benchmarks/generation_bench.py), where generate()'s per-token Python work rivals the model's."""
+    processors, softmax + multinomial (or argmax), so the same seed gives the same tokens. 1.17x the tokens/s of
+    generate() at batch 1 on a 2-core CPU (533 -> 623, benchmarks/RESULTS.md), where generate()'s per-token Python
+    work rivals the tiny model's arithmetic."""
     import torch
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=model.config)
+    cache = {_cache_kwarg(model): DynamicCache(config=model.config)}
     ids, step_input, new = window, window, []
     for _ in range(steps):
-        logits = model(input_ids=step_input, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        logits = model(input_ids=step_input, use_cache=True, logits_to_keep=1, **cache).logits[:, -1, :]
         scores = procs(ids, logits.to(dtype=torch.float32))
         if do_sample:
             nxt = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)

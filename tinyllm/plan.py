@@ -1,22 +1,25 @@
 """The planner: parameters, tokens per step, tokens per parameter, memory and time estimates, without training.
 
 Estimates, not measurements: memory = fp32 weights + grads + AdamW moments (16 bytes/param) + activations;
-time = 6 * params * tokens FLOPs at a sustained throughput typical of each device kind.
+time = (6 * params + 12 * layers * width * context) FLOPs per token (weights + attention scores, the PaLM/nanoGPT
+convention) at a sustained throughput measured or typical for each device kind. For tiny models on GPUs the real
+time is longer: per-step overhead, not arithmetic, dominates there.
 """
 
 from __future__ import annotations
 
 __all__ = ["estimate", "DEVICE_TFLOPS"]
 
-# Sustained training throughput (TFLOP/s) for small models, from measurements and common MFU figures:
-# 2-core CPU measured here (~0.8M model at ~30k tokens/s); H100-class: the 110M recipe measured 299 TFLOP/s by 6N
-# on an H200 (same bf16 peak as an H100; benchmarks/RESULTS.md); others at a realistic 30-40% MFU.
+# Sustained training throughput (TFLOP/s, model FLOPs as above). Measured: the 2-core CPU runs the shipped CPU
+# recipes at 78-83 GFLOP/s (tinystories 3.07M tokens in 357 s, shakespeare_char 1.54M in 104 s); an H200 (same
+# bf16 peak as an H100) runs the 110M recipe at 349 TFLOP/s (benchmarks/RESULTS.md). The others are ~30-35% of
+# their bf16/fp16 peak, unmeasured here.
 DEVICE_TFLOPS = {
-    "cpu (2 cores)": 0.15,
+    "cpu (2 cores)": 0.08,
     "apple m-series gpu": 3.0,
     "nvidia t4 (fp16)": 20.0,
-    "nvidia a100 (bf16)": 120.0,
-    "nvidia h100 (bf16)": 300.0,
+    "nvidia a100 (bf16)": 110.0,
+    "nvidia h100 (bf16)": 350.0,
 }
 
 
@@ -56,7 +59,7 @@ def estimate(model_args, data, args, n_params: int, n_params_no_emb: int, train_
     act = micro * data.block_size * (n_layer * 34 * width + 2 * vocab) * bytes_per_act
     state = n_params * 16
     memory = state + act
-    flops = 6 * n_params * (total_tokens or 0)
+    flops = (6 * n_params + 12 * n_layer * width * data.block_size) * (total_tokens or 0)
     lines = [
         f"parameters:           {n_params:,} ({n_params_no_emb:,} without embeddings)",
         f"tokens per step:      {tokens_per_step:,} = {micro} batch x {args.gradient_accumulation_steps} accumulation"
