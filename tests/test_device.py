@@ -79,9 +79,7 @@ def test_fused_adamw_choice_is_one_trainer_can_build(monkeypatch):
     (True, 100, 4, True, True), (True, 10, 0, False, False), (False, 100, 4, False, False), (True, None, 2, False, True),
 ])
 def test_compiled_runs_avoid_the_epoch_end_recompile(compile_, n_train, workers, drop, persistent):
-    from tinyllm.train import compile_friendly_loader
-
     args = _args(torch_compile=compile_, per_device_train_batch_size=32, dataloader_num_workers=workers)
-    compile_friendly_loader(args, n_train)
+    dev.compile_friendly_loader(args, n_train)
     assert args.dataloader_drop_last is drop  # a partial batch would change the traced shapes
     assert args.dataloader_persistent_workers is persistent

@@ -11,7 +11,7 @@ import logging
 
 from .errors import ConfigError, suggest
 
-__all__ = ["detect_device", "apply_precision_policy"]
+__all__ = ["detect_device", "apply_precision_policy", "compile_friendly_loader"]
 
 logger = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -68,3 +68,15 @@ def apply_precision_policy(args) -> str:
     if getattr(args, "torch_compile", False):
         desc += " | torch.compile"
     return desc
+
+
+def compile_friendly_loader(args, n_train: int | None) -> None:
+    """With torch.compile, a smaller last batch changes the traced shapes and triggers a recompilation at every
+    epoch end (46 s on an H200 for GPT-2 small, measured): drop that partial batch (packed data, so a few sequences
+    per epoch, reshuffled each epoch) and keep the loader workers alive across epochs."""
+    if not args.torch_compile:
+        return
+    if n_train is not None and n_train >= args.per_device_train_batch_size * max(1, args.world_size):
+        args.dataloader_drop_last = True
+    if args.dataloader_num_workers > 0:
+        args.dataloader_persistent_workers = True

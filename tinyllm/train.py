@@ -148,18 +148,6 @@ def _load_model(model_args, tokenizer, data, args):
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
 
 
-def compile_friendly_loader(args, n_train: int | None) -> None:
-    """With torch.compile, a smaller last batch changes the traced shapes and triggers a recompilation at every
-    epoch end (45 s on an H200 for GPT-2 small, measured): drop that partial batch (packed data, so a few sequences
-    per epoch, reshuffled each epoch) and keep the loader workers alive across epochs."""
-    if not args.torch_compile:
-        return
-    if n_train is not None and n_train >= args.per_device_train_batch_size * max(1, args.world_size):
-        args.dataloader_drop_last = True
-    if args.dataloader_num_workers > 0:
-        args.dataloader_persistent_workers = True
-
-
 def prepare_run(args) -> tuple[str | None, bool, str]:
     """What every training stage does first: resolve the checkpoint to resume, refuse to clobber outputs, keep
     the Hub token out of saved arguments and logs, apply the device/precision policy, and seed.
@@ -236,6 +224,8 @@ def run_pretraining(model_args: ModelArguments, data: DataArguments, tok_args: T
     interrupt = InterruptCallback()
     if lm.eval is None:
         args.eval_strategy = "no"
+    from .device import compile_friendly_loader
+
     compile_friendly_loader(args, None if data.streaming else len(lm.train))
 
     def make_trainer(model):
