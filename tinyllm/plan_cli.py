@@ -1,5 +1,6 @@
-"""`tinyllm plan`: what a pretraining config will cost, without training (the model is built on the meta
-device, so even the ~125M preset is planned in about a second)."""
+"""`tinyllm plan`: what a pretraining config will cost, without training. The model is built on the meta device,
+so even the ~125M preset is planned at once; the ~4.5 s the command takes on a 2-core CPU are imports
+(TrainingArguments alone pulls in peft through transformers.trainer_utils: 3.6 s)."""
 
 from __future__ import annotations
 
