@@ -39,7 +39,7 @@ def main() -> int:
 
     import torch
 
-    from tinyllm.generate import generate_text, load_for_generation
+    from tinyllm.generate import generate_text, load_for_generation, next_window
 
     model, tok = load_for_generation(a.model, "cpu")
     ctx = getattr(model.config, "max_position_embeddings", None) or model.config.n_positions
@@ -57,8 +57,7 @@ def main() -> int:
         t = time.perf_counter()
         out, remaining = ids, a.new_tokens
         while remaining > 0:
-            window = out[:, -(ctx // 2):] if out.shape[1] + remaining > ctx and out.shape[1] > ids.shape[1] else out
-            step = min(remaining, ctx - window.shape[1])
+            window, step = next_window(out, remaining, ctx, generated=out.shape[1] > ids.shape[1])
             res = model.generate(input_ids=window, attention_mask=torch.ones_like(window), do_sample=True,
                                  temperature=0.8, top_k=40, max_new_tokens=step, min_new_tokens=step,
                                  pad_token_id=tok.pad_token_id)

@@ -28,11 +28,10 @@ def peak_tflops(name: str) -> float | None:
     return next((v for k, v in PEAK_BF16_TFLOPS if k in name), None)
 
 
-def flops_per_token(cfg: dict, n_params: int) -> tuple[float, float]:
-    layers = cfg.get("n_layer") or cfg["num_hidden_layers"]
-    width = cfg.get("n_embd") or cfg["hidden_size"]
-    ctx = cfg.get("n_positions") or cfg["max_position_embeddings"]
-    return 6 * n_params, 6 * n_params + 12 * layers * width * ctx
+def flops_per_token(config, n_params: int) -> tuple[float, float]:
+    """(6N, 6N + 12 L d T). GPT2Config maps n_layer/n_embd/n_positions to these names, so both families work."""
+    attention = 12 * config.num_hidden_layers * config.hidden_size * config.max_position_embeddings
+    return 6 * n_params, 6 * n_params + attention
 
 
 def main() -> int:
@@ -52,7 +51,7 @@ def main() -> int:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from throughput import plain_loop
+    from throughput import logged_tokens_per_second, plain_loop
 
     from tinyllm.__main__ import run
     from tinyllm.config import DataArguments
@@ -80,44 +79,42 @@ def main() -> int:
         return code
     recipe_wall = time.time() - start
     out = Path(a.output_dir)
-    state = json.loads((out / "trainer_state.json").read_text())
-    cfg = json.loads((out / "config.json").read_text())
+    config = AutoConfig.from_pretrained(out)
+    ctx = config.max_position_embeddings
     results = json.loads((out / "all_results.json").read_text())
-    rates = [h["tokens_per_second"] for h in state["log_history"] if "tokens_per_second" in h]
+    rates, ours = logged_tokens_per_second(out, skip=2)  # the first intervals include torch.compile and warm-up
     if len(rates) < 4:
         print("too few tokens/s logs: run more --steps (logged every 10, the first 30 dropped)")
         return 1
-    steady = rates[2:]  # the first intervals include torch.compile and warm-up
-    ours = sorted(steady)[len(steady) // 2]
 
     # baseline: the same architecture (from the saved config), packed data, batch, fused AdamW, bf16 autocast
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
     tok = load_tokenizer(str(out))
-    data = DataArguments(dataset_name="builtin", builtin_num_documents=a.documents, block_size=cfg.get("n_positions")
-                         or cfg["max_position_embeddings"], validation_split_percentage=0)
+    data = DataArguments(dataset_name="builtin", builtin_num_documents=a.documents, block_size=ctx,
+                         validation_split_percentage=0)
     lm = build_lm_datasets(data, tok, seed=0)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out), attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     n = count_parameters(model)
     if compile_:
         model = torch.compile(model)
     plain = plain_loop(model, lm.train, a.batch, a.baseline_steps, 20, 6e-4, device == "cuda", device,
                        fused=device == "cuda")
 
-    f6n, fatt = flops_per_token(cfg, n)
+    f6n, fatt = flops_per_token(config, n)
 
     def mfu(tps: float, f: float) -> str:
         return f"{100 * tps * f / (peak * 1e12):.1f}%" if peak else "n/a (unknown GPU peak)"
 
     head = ("| GPU | model | params | batch x context | path | tokens/s | model TFLOP/s (6N+attn) | MFU (6N+attn) | "
             "MFU (6N) |\n|---|---|---:|---|---|---:|---:|---:|---:|")
-    ctx = cfg.get("n_positions") or cfg["max_position_embeddings"]
+    shape = f"{a.model_type} {config.num_hidden_layers}L/{config.hidden_size}, vocab {config.vocab_size:,}"
     rows = []
     for label, tps in (("plain PyTorch loop", plain), ("tinyllm recipe (Trainer)", ours)):
-        rows.append(f"| {name} | {a.model_type} {cfg.get('n_layer') or cfg['num_hidden_layers']}L/{cfg.get('n_embd') or cfg['hidden_size']}, vocab {cfg['vocab_size']:,} | {n:,} | {a.batch} x {ctx} | "
-                    f"{label} | {tps:,.0f} | {tps * fatt / 1e12:.1f} | {mfu(tps, fatt)} | {mfu(tps, f6n)} |")
+        rows.append(f"| {name} | {shape} | {n:,} | {a.batch} x {ctx} | {label} | {tps:,.0f} | {tps * fatt / 1e12:.1f} | "
+                    f"{mfu(tps, fatt)} | {mfu(tps, f6n)} |")
     table = "\n".join([head, *rows])
     notes = (f"framework overhead: {100 * (plain - ours) / plain:+.1f}% tokens/s vs the plain loop; peak used: "
              f"{peak} TFLOP/s dense bf16; torch.compile: {compile_}; final train loss {results.get('train_loss', 0):.3f}"

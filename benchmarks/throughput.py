@@ -50,6 +50,15 @@ def plain_loop(model, train, batch: int, steps: int, warmup: int, lr: float, bf1
     return tokens / (time.perf_counter() - start)
 
 
+def logged_tokens_per_second(out_dir, skip: int) -> tuple[list[float], float]:
+    """tinyllm's logged tokens/s intervals from a run's trainer_state.json, and their median after the first
+    `skip` intervals (warm-up, compilation; all of them if there are no more)."""
+    hist = json.loads((Path(out_dir) / "trainer_state.json").read_text())["log_history"]
+    rates = [h["tokens_per_second"] for h in hist if "tokens_per_second" in h]
+    steady = rates[skip:] or rates
+    return rates, sorted(steady)[len(steady) // 2]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="nano")
@@ -88,9 +97,7 @@ def main() -> int:
                                      "--output_dir", str(work / "tinyllm")])
     if code:
         return code
-    hist = json.loads((work / "tinyllm" / "trainer_state.json").read_text())["log_history"]
-    rates = [h["tokens_per_second"] for h in hist if "tokens_per_second" in h]
-    ours = sorted(rates[1:] or rates)[len(rates[1:] or rates) // 2]
+    rates, ours = logged_tokens_per_second(work / "tinyllm", skip=1)
     # plain PyTorch: same tokenizer, packed data, model config and seed
     tok = load_tokenizer(str(work / "tinyllm"))
     margs = ModelArguments(model_type=a.model_type, preset=a.preset)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["drop_partial_char", "Utf8Streamer", "load_for_generation", "run_generate", "run_chat", "generate_text"]
+__all__ = ["drop_partial_char", "Utf8Streamer", "load_for_generation", "run_generate", "run_chat", "generate_text",
+           "next_window"]
 
 
 def drop_partial_char(text: str) -> str:
@@ -174,6 +175,13 @@ def _decode_window(model, window, steps: int, procs, do_sample: bool, eos: set, 
     return new
 
 
+def next_window(ids, remaining: int, ctx: int, generated: bool):
+    """The sliding window of one generation round: once the text would outgrow the context, keep the last half
+    context of tokens; returns (window, tokens to generate this round)."""
+    window = ids[:, -(ctx // 2):] if ids.shape[1] + remaining > ctx and generated else ids
+    return window, min(remaining, ctx - window.shape[1])
+
+
 def generate_text(model, tokenizer, prompt: str, streamer=None, **kwargs) -> str:
     """Generate a continuation. Beyond the model's context window it slides: each round keeps the last half
     context of tokens and generates up to half a context more (as nanoGPT's sample.py crops its context).
@@ -196,8 +204,7 @@ def generate_text(model, tokenizer, prompt: str, streamer=None, **kwargs) -> str
     # more tokens/s at batch 1 on the 0.8M char model on a 2-core CPU (520 -> 581), where per-op cost dominates.
     with torch.inference_mode():
         while remaining > 0:
-            window = ids[:, -(ctx // 2):] if ids.shape[1] + remaining > ctx and new else ids
-            step = min(remaining, ctx - window.shape[1])
+            window, step = next_window(ids, remaining, ctx, generated=bool(new))
             if fast is not None:
                 chunk = torch.tensor(_decode_window(model, window, step, *fast, eos, streamer), dtype=ids.dtype,
                                      device=ids.device)
