@@ -39,7 +39,7 @@ def main() -> int:
 
     import torch
 
-    from tinyllm.generate import generate_text, load_for_generation, next_window
+    from tinyllm.generation import generate_text, load_for_generation, next_window
 
     model, tok = load_for_generation(a.model, "cpu")
     ctx = getattr(model.config, "max_position_embeddings", None) or model.config.n_positions

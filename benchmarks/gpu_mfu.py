@@ -53,11 +53,11 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from throughput import logged_tokens_per_second, plain_loop
 
-    from tinyllm.__main__ import run
+    from tinyllm.cli import run
     from tinyllm.config import DataArguments
     from tinyllm.data import build_lm_datasets
     from tinyllm.modeling import count_parameters
-    from tinyllm.train import load_tokenizer
+    from tinyllm.runtime import load_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"

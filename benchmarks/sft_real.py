@@ -22,7 +22,7 @@ def main() -> int:
     p.add_argument("--use_lora", default="true")
     p.add_argument("--max_new_tokens", type=int, default=256, help="generation budget for the stop-rate check")
     a = p.parse_args()
-    from tinyllm.__main__ import run
+    from tinyllm.cli import run
 
     work = Path(tempfile.mkdtemp(prefix="sft_real_"))
     base = a.base

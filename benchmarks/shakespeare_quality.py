@@ -22,7 +22,7 @@ def main() -> int:
     p.add_argument("--per_device_train_batch_size", type=int, default=None)
     p.add_argument("--models", default="llama,gpt2")
     a = p.parse_args()
-    from tinyllm.__main__ import run
+    from tinyllm.cli import run
 
     rows = []
     for model_type in a.models.split(","):

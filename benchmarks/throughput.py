@@ -75,11 +75,11 @@ def main() -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tinyllm.__main__ import run
+    from tinyllm.cli import run
     from tinyllm.config import DataArguments, ModelArguments
     from tinyllm.data import build_lm_datasets
     from tinyllm.modeling import build_config, count_parameters
-    from tinyllm.train import load_tokenizer
+    from tinyllm.runtime import load_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bf16 = device == "cuda"

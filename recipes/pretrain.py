@@ -8,7 +8,7 @@ Every option: python recipes/pretrain.py --help
 
 import sys
 
-from tinyllm.__main__ import run
+from tinyllm.cli import run
 
 if __name__ == "__main__":
     sys.exit(run("pretrain"))

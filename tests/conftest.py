@@ -20,13 +20,7 @@ os.environ["HF_DATASETS_CACHE"] = str(_SESSION_TMP / "hf_datasets")
 os.environ.pop("TINYLLM_CORPUS_MIRROR", None)
 os.environ.pop("HF_TOKEN", None)
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("TINYLLM_SHARED_DATA", REPO.parent / "shared" / "data"))
-sys.path.insert(0, str(Path(__file__).parent))
-
-needs_shared_data = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"real corpora not found at {SHARED_DATA} (CI provides ../shared/data)"
-)
+sys.path.insert(0, str(Path(__file__).parent))  # tests import their helpers as `helpers`
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TINYLLM_SHARED_DATA", REPO.parent / "shared" / "data"))
+needs_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"real corpora not found at {SHARED_DATA} (CI provides ../shared/data)"
+)
 
 
 def run_cli(*args, cwd=None, env=None, timeout=300):
@@ -18,7 +24,7 @@ def run_cli(*args, cwd=None, env=None, timeout=300):
 
 def run_inprocess(capsys, command, *args):
     """Run a tinyllm command in this process; return (exit code, stdout, stderr)."""
-    from tinyllm.__main__ import run
+    from tinyllm.cli import run
 
     code = run(command, [str(a) for a in args])
     cap = capsys.readouterr()

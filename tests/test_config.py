@@ -65,9 +65,9 @@ def test_missing_config_file():
 
 
 def test_training_arguments_defaults_and_overrides(tmp_path):
-    from tinyllm.training_args import PretrainingArguments
+    from tinyllm.config import PretrainTrainingOptions
 
-    model, data, tok, args = parse_args([ModelArguments, DataArguments, TokenizerArguments, PretrainingArguments],
+    model, data, tok, args = parse_args([ModelArguments, DataArguments, TokenizerArguments, PretrainTrainingOptions],
                                         ["--learning_rate", "0.01", "--output_dir", str(tmp_path / "o")])
     assert args.learning_rate == 0.01
     assert args.lr_scheduler_kwargs == {"min_lr_rate": 0.1}  # tinyllm default
@@ -78,10 +78,10 @@ def test_training_arguments_defaults_and_overrides(tmp_path):
 @pytest.mark.parametrize("path", sorted((REPO / "recipes" / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_yaml_parses(path):
     """Each recipe YAML parses against its recipe's dataclasses (litgpt's test_config_hub)."""
-    from tinyllm.__main__ import _types
+    from tinyllm.cli import COMMANDS
 
     command = "sft" if path.name.startswith("sft") else "pretrain"
-    objs = parse_args(_types(command, light=False), ["--config", str(path)])
+    objs = parse_args(COMMANDS[command].types, ["--config", str(path)])
     assert objs[-1].output_dir.startswith("outputs/")
     first_line = path.read_text().splitlines()[0]
     assert first_line.startswith("#"), "recipes open with a comment saying how to run them"

@@ -80,6 +80,6 @@ def test_fused_adamw_choice_is_one_trainer_can_build(monkeypatch):
 ])
 def test_compiled_runs_avoid_the_epoch_end_recompile(compile_, n_train, workers, drop, persistent):
     args = _args(torch_compile=compile_, per_device_train_batch_size=32, dataloader_num_workers=workers)
-    dev.compile_friendly_loader(args, n_train)
-    assert args.dataloader_drop_last is drop  # a partial batch would change the traced shapes
-    assert args.dataloader_persistent_workers is persistent
+    settings = dev.compile_loader_settings(args, n_train)
+    assert settings.get("dataloader_drop_last", False) is drop  # a partial batch would change the traced shapes
+    assert settings.get("dataloader_persistent_workers", False) is persistent

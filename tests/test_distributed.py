@@ -72,7 +72,7 @@ def test_sft_two_processes_match_one(tmp_path, tokenizer_dir):
 
     from tinyllm.config import ModelArguments
     from tinyllm.modeling import build_config
-    from tinyllm.train import load_tokenizer
+    from tinyllm.runtime import load_tokenizer
 
     tok = load_tokenizer(str(tokenizer_dir))
     cfg = build_config(ModelArguments(n_layer=2, n_embd=64, n_head=2), len(tok), 128, tok.bos_token_id,

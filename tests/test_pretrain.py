@@ -11,7 +11,7 @@ from helpers import run_python, TINY_MODEL_ARGS, assert_user_error, run_cli, run
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny pretraining run shared by the tests below (trains its own tokenizer first)."""
-    from tinyllm.__main__ import run
+    from tinyllm.cli import run
 
     out = tmp_path_factory.mktemp("pre") / "model"
     code = run("pretrain", ["--dataset_name", "builtin", "--builtin_num_documents", "600", "--vocab_size", "400",
@@ -26,9 +26,17 @@ def test_output_folder_is_hub_ready(trained):
                  "tokenizer_config.json", "README.md", "loss_curve.png", "all_results.json", "samples.md"]:
         assert (trained / name).is_file(), name
     assert not list(trained.glob("*.bin")), "safetensors only"
-    card = (trained / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation\nlicense: apache-2.0")
-    assert "![loss curve](loss_curve.png)" in card and "parameters" in card
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(trained / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert card.data.license == "apache-2.0"
+    bpb = [r for r in card.data.eval_results if r.metric_type == "bits_per_byte"]  # model-index, as the Hub renders
+    assert len(bpb) == 1 and bpb[0].metric_value == json.loads((trained / "all_results.json").read_text())[
+        "eval_bits_per_byte"]
+    assert "![loss curve](loss_curve.png)" in card.text and "parameters" in card.text
+    report = (trained / "report.md").read_text()
+    assert "# Report card" in report and "bits per byte" in report and "## Tokenizer" in report
     results = json.loads((trained / "all_results.json").read_text())
     assert {"eval_loss", "train_runtime", "eval_bits_per_byte", "eval_perplexity"} <= set(results)
     gen = json.loads((trained / "generation_config.json").read_text())
@@ -87,7 +95,7 @@ def test_utf8_streamer_never_prints_half_a_character(bpe_tokenizer):
 
     import torch
 
-    from tinyllm.generate import Utf8Streamer
+    from tinyllm.generation import Utf8Streamer
 
     text = "猫会说喵喵。😀 emoji 𠀀 and 中文"
     ids = bpe_tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -215,7 +223,8 @@ def test_fast_decoding_gives_generates_tokens(bpe_tokenizer, model_type, setting
     from transformers import AutoModelForCausalLM
 
     from tinyllm.config import ModelArguments
-    from tinyllm.generate import Utf8Streamer, _fast_processors, generate_text
+    from tinyllm.fast_decode import fast_processors
+    from tinyllm.generation import Utf8Streamer, generate_text
     from tinyllm.hub import make_generation_config
     from tinyllm.modeling import build_config
 
@@ -226,8 +235,8 @@ def test_fast_decoding_gives_generates_tokens(bpe_tokenizer, model_type, setting
     model = AutoModelForCausalLM.from_config(cfg).eval()
     model.generation_config = make_generation_config(tok, SimpleNamespace(
         gen_temperature=0.8, gen_top_k=40, gen_top_p=0.95, gen_repetition_penalty=1.1, gen_max_new_tokens=256))
-    assert _fast_processors(model, dict(settings)) is not None  # these settings take the fast path
-    assert _fast_processors(model, {**settings, "num_beams": 1}) is None  # ... and this forces generate()
+    assert fast_processors(model, dict(settings)) is not None  # these settings take the fast path
+    assert fast_processors(model, {**settings, "num_beams": 1}) is None  # ... and this forces generate()
 
     texts = []
     for extra in ({}, {"num_beams": 1}):

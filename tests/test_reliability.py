@@ -164,8 +164,11 @@ def test_planner_warns_when_model_dwarfs_data():
     from tinyllm.plan import estimate
     from tinyllm.training_args import PretrainingArguments
 
-    plan = estimate(ModelArguments(), DataArguments(block_size=64), PretrainingArguments(report_to="none"),
-                    n_params=5_000_000, n_params_no_emb=4_000_000, train_tokens=100_000, vocab=512)
+    from tinyllm.modeling import build_config
+
+    cfg = build_config(ModelArguments(), 512, 64, 0, 1, 2)
+    plan = estimate(cfg, DataArguments(block_size=64), PretrainingArguments(report_to="none"),
+                    n_params=5_000_000, n_params_no_emb=4_000_000, train_tokens=100_000)
     assert plan["warnings"] and "memorise" in plan["warnings"][0]
     assert plan["memory_bytes"] > 5_000_000 * 16
 
@@ -173,14 +176,16 @@ def test_planner_warns_when_model_dwarfs_data():
 def test_planner_counts_attention_flops():
     """Time estimates use 6N + 12 L d T FLOPs per token: a longer context costs more at the same parameter count."""
     from tinyllm.config import DataArguments, ModelArguments
+    from tinyllm.modeling import build_config
     from tinyllm.plan import estimate
     from tinyllm.training_args import PretrainingArguments
 
     args = PretrainingArguments(report_to="none", max_steps=100, per_device_train_batch_size=4)
     flops = {}
     for block in (64, 1024):
-        plan = estimate(ModelArguments(preset="nano"), DataArguments(block_size=block), args, n_params=1_000_000,
-                        n_params_no_emb=800_000, train_tokens=None, vocab=512)
+        cfg = build_config(ModelArguments(preset="nano"), 512, block, 0, 1, 2)
+        plan = estimate(cfg, DataArguments(block_size=block), args, n_params=1_000_000, n_params_no_emb=800_000,
+                        train_tokens=None)
         tokens = 100 * 4 * block
         assert plan["total_tokens"] == tokens
         flops[block] = plan["flops"] / tokens

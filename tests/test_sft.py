@@ -60,17 +60,21 @@ def test_alpaca_input_is_part_of_the_prompt():
     assert msgs[0] == {"role": "user", "content": "Translate\n\n猫"}
 
 
-def test_collator_refuses_a_batch_that_supervises_nothing():
+def test_collator_pads_right_and_refuses_a_batch_that_supervises_nothing(bpe_tokenizer):
     from tinyllm.errors import DataError
     from tinyllm.sft_data import SFTCollator
 
+    batch = SFTCollator(bpe_tokenizer)([{"input_ids": [0, 5, 6], "labels": [-100, 5, 6]},
+                                        {"input_ids": [0, 7], "labels": [-100, 7]}])
+    assert batch["input_ids"][1].tolist() == [0, 7, bpe_tokenizer.pad_token_id]
+    assert batch["labels"][1].tolist() == [-100, 7, -100] and batch["attention_mask"][1].tolist() == [1, 1, 0]
     with pytest.raises(DataError, match="supervises 0 tokens"):
-        SFTCollator(2)([{"input_ids": [0, 5, 6], "labels": [-100, -100, -100]}])
+        SFTCollator(bpe_tokenizer)([{"input_ids": [0, 5, 6], "labels": [-100, -100, -100]}])
 
 
 @pytest.fixture(scope="module")
 def sft_run(base_llama, tmp_path_factory):
-    from tinyllm.__main__ import run
+    from tinyllm.cli import run
 
     out = tmp_path_factory.mktemp("sft") / "chat"
     code = run("sft", ["--model_name_or_path", str(base_llama), "--dataset_name", "builtin_qa",

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import SHARED_DATA, needs_shared_data
+from helpers import SHARED_DATA, needs_shared_data
 from helpers import assert_user_error, run_inprocess
 from tinyllm.tokenizer import BOS, EOS, IM_END, IM_START, PAD, train_tokenizer
 

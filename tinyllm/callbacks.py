@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 
 from transformers import Trainer, TrainerCallback
 
-__all__ = ["TinyTrainer", "SampleCallback", "DoctorCallback", "NonFiniteLossError"]
+__all__ = ["TinyTrainer", "ProgressLogger", "SampleCallback", "DoctorCallback", "InterruptCallback",
+           "NonFiniteLossError"]
 
-logger = logging.getLogger("tinyllm.train")
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -19,11 +21,17 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TinyTrainer(Trainer):
-    """Trainer that adds perplexity, bits per byte/char and tokens per second to its logs."""
+    """Trainer that adds perplexity, bits per byte/char and tokens per second to its logs, and reports progress
+    with tinyllm's ProgressLogger (a bar on a terminal, plain lines in a log file) instead of transformers'."""
 
     def __init__(self, *args, tokens_per_step: int = 0, eval_tokens_per_byte: float | None = None,
                  eval_tokens_per_char: float | None = None, entropy_floor: float | None = None, **kwargs):
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
         super().__init__(*args, **kwargs)
+        self.remove_callback(ProgressCallback)
+        self.remove_callback(PrinterCallback)
+        self.add_callback(ProgressLogger())
         self.tokens_per_step = tokens_per_step
         self.eval_tokens_per_byte = eval_tokens_per_byte
         self.eval_tokens_per_char = eval_tokens_per_char
@@ -45,16 +53,67 @@ class TinyTrainer(Trainer):
             if self._last is not None and step > self._last[1]:
                 rate = (step - self._last[1]) * self.tokens_per_step / (now - self._last[0])
                 logs["tokens_per_second"] = round(rate, 1)
-                bar = next((cb.training_bar for cb in self.callback_handler.callbacks
-                            if getattr(cb, "training_bar", None) is not None), None)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{logs['loss']:.3f}", tok_s=f"{rate:,.0f}", refresh=False)
             self._last = (now, step)
         super().log(logs, start_time)
 
 
+class ProgressLogger(TrainerCallback):
+    """Progress with ETA: a tqdm bar (loss, tokens/s) when stderr is a terminal; when it is not (a log file, CI,
+    nohup), one plain line per logging step instead of carriage-return fragments."""
+
+    def __init__(self):
+        self.bar = None
+        self.start = None
+        self.tty = sys.stderr.isatty()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+        if state.is_world_process_zero and self.tty and not args.disable_tqdm:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", dynamic_ncols=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if "loss" in logs:
+            rate = logs.get("tokens_per_second")
+            if self.bar is not None:
+                post = {"loss": f"{logs['loss']:.3f}"}
+                if rate:
+                    post["tok/s"] = f"{rate:,.0f}"
+                self.bar.set_postfix(post, refresh=False)
+                return
+            elapsed = time.perf_counter() - (self.start or time.perf_counter())
+            done = max(state.global_step, 1)
+            eta = elapsed / done * max(state.max_steps - state.global_step, 0)
+            logger.info("step %d/%d (%.0f%%) | loss %.4f%s | elapsed %s | ETA %s", state.global_step, state.max_steps,
+                        100 * state.global_step / max(state.max_steps, 1), logs["loss"],
+                        f" | {rate:,.0f} tok/s" if rate else "", _hms(elapsed), _hms(eta))
+        elif "eval_loss" in logs:
+            shown = ", ".join(f"{k[5:]} {v:.4f}" for k, v in logs.items() if k.startswith("eval_") and
+                              isinstance(v, float) and "runtime" not in k and "per_second" not in k)
+            (self.bar.write if self.bar is not None else logger.info)(f"step {state.global_step} validation: {shown}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _hms(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
 class SampleCallback(TrainerCallback):
-    """Generate a few samples at each evaluation so users watch gibberish turn into words."""
+    """Generate a few samples at each evaluation so users watch gibberish turn into words. Sampling runs in a
+    forked RNG so training's random stream (dropout, shuffling) is the same with or without samples."""
 
     def __init__(self, tokenizer, prompts: list[str], max_new_tokens: int = 64, seed: int = 0):
         self.tokenizer = tokenizer
@@ -66,20 +125,22 @@ class SampleCallback(TrainerCallback):
     def samples(self, model) -> list[str]:
         import torch
 
+        from .generation import generate_text
+
         was_training = model.training
         model.eval()
         out = []
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        with torch.no_grad():
-            for prompt in self.prompts:
-                from .generate import generate_text
-
-                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-                text = generate_text(model, self.tokenizer, prompt, max_new_tokens=self.max_new_tokens,
-                                     do_sample=True, temperature=0.8, top_k=50)
-                out.append(prompt + text)
-        if was_training:
-            model.train()
+        devices = [model.device] if model.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                for i, prompt in enumerate(self.prompts):
+                    torch.manual_seed(self.seed + i)
+                    text = generate_text(model, self.tokenizer, prompt, max_new_tokens=self.max_new_tokens,
+                                         do_sample=True, temperature=0.8, top_k=50)
+                    out.append(prompt + text)
+        finally:
+            if was_training:
+                model.train()
         return out
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):

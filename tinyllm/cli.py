@@ -1,20 +1,67 @@
-"""Parse typed dataclasses from `--config run.yaml` plus command-line overrides.
+"""The `tinyllm` command: one table of commands, typed options from `--config run.yaml` plus flags.
 
-Precedence: dataclass default < YAML < command line. Unknown keys (YAML or flags) are errors that suggest the
-closest valid key. `--help` is answered from the dataclasses' metadata without importing transformers.
+    tinyllm train-tokenizer --dataset_name builtin --vocab_size 4000 --output_dir outputs/tok
+    tinyllm pretrain --config recipes/configs/quickstart.yaml
+    tinyllm sft --config recipes/configs/sft_quickstart.yaml
+    tinyllm generate --model outputs/quickstart --prompt "Once upon a time"
+    tinyllm chat --model outputs/sft_quickstart
+    tinyllm plan --config recipes/configs/tinystories.yaml
+    tinyllm presets
+
+Precedence: dataclass default < YAML < command line. YAML values become the parser's defaults with their types
+intact (lists and mappings survive); unknown keys (YAML or flags) are errors that suggest the closest valid key.
+`--help` is answered from the dataclasses' metadata without importing transformers. User errors print one line
+and exit with status 2; add --debug for the traceback.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import importlib
 import sys
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import ConfigError, suggest
+from . import config as c
+from .errors import ConfigError, TinyLLMError, first_line, suggest
 
-__all__ = ["parse_args", "load_yaml", "format_help"]
+__all__ = ["COMMANDS", "Command", "parse_args", "load_yaml", "format_help", "run", "main"]
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    types: tuple  # option dataclasses; training options are swapped for their TrainingArguments subclass
+    runner: str  # "module:function", called with one instance per type
+
+
+COMMANDS: dict[str, Command] = {
+    "train-tokenizer": Command("train a BPE or char tokenizer on a corpus",
+                               (c.DataArguments, c.TokenizerArguments, c.OutputArguments),
+                               "tinyllm.tokenizer_stage:run_tokenizer_training"),
+    "pretrain": Command("pretrain a GPT-2/Llama model (from scratch, or continue one) with transformers.Trainer",
+                        (c.ModelArguments, c.DataArguments, c.TokenizerArguments, c.PretrainTrainingOptions),
+                        "tinyllm.pretrain:run_pretraining"),
+    "sft": Command("instruction-tune a pretrained model with LoRA on question-answer pairs",
+                   (c.SFTModelArguments, c.SFTDataArguments, c.LoraArguments, c.SFTTrainingOptions),
+                   "tinyllm.sft:run_sft"),
+    "generate": Command("sample text from a saved model (streams to the terminal)", (c.GenerationArguments,),
+                        "tinyllm.generation:run_generate"),
+    "chat": Command("chat with an instruction-tuned model in the terminal", (c.GenerationArguments,),
+                    "tinyllm.generation:run_chat"),
+    "plan": Command("print parameters, tokens, memory and time estimates for a config without training",
+                    (c.ModelArguments, c.DataArguments, c.TokenizerArguments, c.PretrainTrainingOptions),
+                    "tinyllm.plan:run_plan"),
+    "eval": Command("evaluate a saved model: bits per byte, built-in tasks, lm-evaluation-harness tasks",
+                    (c.EvalArguments,), "tinyllm.evaluation:run_eval"),
+    "report": Command("compare the runs in a folder side by side (Markdown table + plot)", (c.ReportArguments,),
+                      "tinyllm.report:run_report"),
+    "presets": Command("list the model size presets", (), "tinyllm.modeling:print_presets"),
+}
+TRAINING_OPTIONS = (c.PretrainTrainingOptions, c.SFTTrainingOptions)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -41,8 +88,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def _split_config_flag(argv: Sequence[str]) -> tuple[str | None, list[str]]:
-    rest, config = [], None
-    i = 0
+    rest, config, i = [], None, 0
     argv = list(argv)
     while i < len(argv):
         arg = argv[i]
@@ -60,68 +106,111 @@ def _split_config_flag(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     return config, rest
 
 
-def _field_names(types: Sequence[type]) -> list[str]:
-    return [f.name for t in types for f in dataclasses.fields(t) if f.init]
+def _runtime_types(option_types: Sequence[type]) -> list[type]:
+    """The types to parse into: training options become their TrainingArguments subclass (imports transformers)."""
+    if not any(t in TRAINING_OPTIONS for t in option_types):
+        return list(option_types)
+    from .training_args import training_arguments_class
+
+    return [training_arguments_class(t) if t in TRAINING_OPTIONS else t for t in option_types]
 
 
-def _to_tokens(key: str, value: Any) -> list[str]:
-    if isinstance(value, bool):
-        return [f"--{key}", "true" if value else "false"]
-    if isinstance(value, dict):
-        return [f"--{key}", json.dumps(value)]
-    if isinstance(value, (list, tuple)):
-        return [f"--{key}", ",".join(str(v) for v in value)]
-    return [f"--{key}", str(value)]
+def _hints(types_: Sequence[type]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for t in types_:
+        hints = typing.get_type_hints(t)
+        for f in dataclasses.fields(t):
+            if f.init:
+                out.setdefault(f.name, hints.get(f.name, str))
+    return out
+
+
+def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
+    """A YAML value checked and converted against its field's type; lists and mappings keep their structure."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for kind in (list, dict):  # a field that accepts a list or mapping takes the YAML one as it is
+            if any(a is kind or typing.get_origin(a) is kind for a in args) and isinstance(value, kind):
+                return value
+        if value is None:
+            return None
+        hint = args[0] if len(args) == 1 else (str if str in args else args[0])
+        origin = typing.get_origin(hint)
+    if origin is list or hint is list:
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+    if origin is dict or hint is dict:
+        if isinstance(value, dict):
+            return value
+        raise ConfigError(f"'{key}' in {where} must be a mapping (key: value lines), got {value!r}")
+    bad = ConfigError(f"'{key}' in {where} must be of type {getattr(hint, '__name__', hint)}, got {value!r}; "
+                      f"fix the value")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "false", "yes", "no", "1", "0"):
+            return str(value).lower() in ("true", "yes", "1")
+        raise bad
+    if hint is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit())):
+            raise bad
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+    if isinstance(value, (list, dict)):
+        raise bad
+    return value if isinstance(value, str) else str(value)
 
 
 class _Parser:
-    """Wrap HfArgumentParser so that argparse errors become ConfigError instead of exiting."""
+    """HfArgumentParser whose argparse errors become ConfigError instead of exiting."""
 
-    def __init__(self, types):
+    def __init__(self, types_):
         from transformers import HfArgumentParser
 
         class Quiet(HfArgumentParser):
             def error(self, message):  # argparse calls this on bad values
                 raise ConfigError(f"{message}; check the value's type (see --help)")
 
-        self.parser = Quiet(types)
+        self.parser = Quiet(types_)
 
 
-def parse_args(types: Sequence[type], argv: Sequence[str] | None = None, prog: str = "tinyllm") -> tuple:
-    """Return one instance per dataclass in `types`, filled from defaults, `--config` YAML and flags."""
+def parse_args(option_types: Sequence[type], argv: Sequence[str] | None = None, prog: str = "tinyllm") -> tuple:
+    """One instance per dataclass in `option_types`, filled from defaults, `--config` YAML and flags."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(format_help(types, prog))
+        print(format_help(option_types, prog))
         raise SystemExit(0)
     config_path, cli = _split_config_flag(argv)
-    names = _field_names(types)
-    tokens: list[str] = []
-    nulls: dict[str, None] = {}
+    types_ = _runtime_types(option_types)
+    hints = _hints(types_)
+    names = list(hints)
+    defaults: dict[str, Any] = {}
     if config_path:
         for key, value in load_yaml(config_path).items():
-            if key not in names:
+            if key not in hints:
                 raise ConfigError(f"unknown key '{key}' in {config_path}{suggest(key, names)}; see --help for valid keys")
-            if value is None:
-                nulls[key] = None
-            else:
-                tokens += _to_tokens(key, value)
+            defaults[key] = _coerce(key, value, hints[key], config_path)
     for arg in cli:
         if arg.startswith("--"):
             key = arg[2:].split("=", 1)[0]
-            if key not in names and not (key.startswith("no_") and key[3:] in names):
+            if key not in hints and not (key.startswith("no_") and key[3:] in hints):
                 raise ConfigError(f"unknown option '--{key}'{suggest(key, names)}; see --help for valid options")
         elif arg.startswith("-") and len(arg) > 1 and not _is_number(arg):
             raise ConfigError(f"unknown option '{arg}'; options look like --key value (see --help)")
-    wrapper = _Parser(types)
-    if nulls:
-        wrapper.parser.set_defaults(**nulls)
+    wrapper = _Parser(types_)
+    wrapper.parser.set_defaults(**defaults)
     try:
-        out = wrapper.parser.parse_args_into_dataclasses(args=tokens + cli, return_remaining_strings=True)
+        *objs, remaining = wrapper.parser.parse_args_into_dataclasses(args=cli, return_remaining_strings=True)
     except ConfigError:
         raise
     except (ValueError, TypeError) as exc:  # raised by a dataclass __post_init__ (e.g. TrainingArguments)
-        raise ConfigError(str(exc).strip().splitlines()[0]) from None
-    *objs, remaining = out
+        raise ConfigError(first_line(exc)) from None
     if remaining:
         raise ConfigError(f"unexpected argument(s): {' '.join(remaining)}; options look like --key value")
     return tuple(objs)
@@ -135,14 +224,88 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def format_help(types: Sequence[type], prog: str) -> str:
-    """Help text from dataclass metadata. TrainingArguments subclasses are summarised, not imported."""
-    lines = [f"usage: {prog} [--config FILE.yaml] [--key value ...]", "",
-             "Options come from the dataclasses below; precedence: default < YAML < command line.", ""]
-    for t in types:
-        lines.append(f"{t.__name__}:")
+def format_help(option_types: Sequence[type], prog: str) -> str:
+    """Help text from dataclass metadata, without importing transformers."""
+    lines = [f"usage: {prog} [--config FILE.yaml] [--key value ...] [--debug]", "",
+             "Options; precedence: default < YAML < command line.", ""]
+    for t in option_types:
+        lines.append(f"{t.__name__}: {(t.__doc__ or '').strip().splitlines()[0] if t.__doc__ else ''}".rstrip(": "))
         for f in dataclasses.fields(t):
-            default = f.default if f.default is not dataclasses.MISSING else "(computed)"
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = "(required)"
             lines.append(f"  --{f.name:<30} {f.metadata.get('help', '')} [default: {default}]")
         lines.append("")
+    if any(t in TRAINING_OPTIONS for t in option_types):
+        lines.append("Every transformers.TrainingArguments field is accepted too (--gradient_accumulation_steps, "
+                     "--num_train_epochs, --resume_from_checkpoint, --push_to_hub, --hub_model_id, --seed, "
+                     "--torch_compile, ...).")
     return "\n".join(lines)
+
+
+def _resolve(runner: str):
+    module, func = runner.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def run(command: str, argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status. User errors become one line unless --debug is given."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    cmd = COMMANDS[command]
+    if "-h" in argv or "--help" in argv:
+        print(format_help(cmd.types, f"tinyllm {command}"))
+        return 0
+    from .logs import setup_logging
+
+    try:
+        objs = parse_args(cmd.types, argv, prog=f"tinyllm {command}")
+        setup_logging(objs)
+        return _call(cmd.runner, objs)
+    except TinyLLMError as exc:
+        if debug:
+            raise
+        kind = "" if exc.exit_code == 130 else "error: "  # an interrupt that saved a checkpoint is no error
+        print(f"tinyllm {command}: {kind}{exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"\ntinyllm {command}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:  # disk full, permission denied, ...: still one line
+        if debug:
+            raise
+        print(f"tinyllm {command}: error: {exc.strerror or exc} ({exc.filename or ''}); add --debug for details",
+              file=sys.stderr)
+        return 1
+
+
+def _call(runner: str, objs: tuple) -> int:
+    result = _resolve(runner)(*objs)
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: tinyllm COMMAND [--config FILE.yaml] [--key value ...] [--debug]\n\ncommands:")
+        for name, cmd in COMMANDS.items():
+            print(f"  {name:<16} {cmd.help}")
+        print("\nRun 'tinyllm COMMAND --help' for a command's options.")
+        return 0
+    if argv[0] == "--version":
+        from . import __version__
+
+        print(__version__)
+        return 0
+    command = argv[0]
+    if command not in COMMANDS:
+        print(f"tinyllm: error: unknown command '{command}'{suggest(command, COMMANDS)}; "
+              f"choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    return run(command, argv[1:])

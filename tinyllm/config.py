@@ -1,7 +1,7 @@
 """Typed configuration for every stage.
 
-Plain dataclasses, importable without transformers so `--help` answers instantly. The training dataclasses
-that subclass `transformers.TrainingArguments` live in `tinyllm.training_args` and are imported lazily.
+Plain dataclasses, importable without transformers so `--help` answers instantly. The training options are
+mixed into `transformers.TrainingArguments` by `tinyllm.training_args`, imported only when a stage runs.
 Precedence everywhere: dataclass default < YAML (`--config`) < command line.
 """
 
@@ -19,10 +19,9 @@ __all__ = [
     "SFTDataArguments",
     "SFTModelArguments",
     "OutputArguments",
-    "PretrainExtras",
-    "SFTExtras",
-    "PRETRAIN_TRAINING_DEFAULTS",
-    "SFT_TRAINING_DEFAULTS",
+    "RunDefaults",
+    "PretrainTrainingOptions",
+    "SFTTrainingOptions",
 ]
 
 
@@ -42,7 +41,9 @@ class DataArguments:
     validation_split_percentage: float = field(
         default=5.0, metadata={"help": "Percent of documents held out for validation when no split is given."}
     )
-    block_size: int = field(default=256, metadata={"help": "Tokens per training sequence (context length)."})
+    block_size: Optional[int] = field(
+        default=None, metadata={"help": "Tokens per training sequence (default: the preset's or the model's context)."}
+    )
     max_documents: Optional[int] = field(default=None, metadata={"help": "Use at most this many documents."})
     streaming: bool = field(default=False, metadata={"help": "Stream the corpus instead of loading it in memory."})
     preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for datasets.map."})
@@ -53,7 +54,7 @@ class DataArguments:
     def __post_init__(self):
         from .errors import ConfigError
 
-        if self.block_size < 2:
+        if self.block_size is not None and self.block_size < 2:
             raise ConfigError(f"block_size must be >= 2, got {self.block_size}")
         if not 0 <= self.validation_split_percentage < 100:
             raise ConfigError(
@@ -170,52 +171,6 @@ class GenerationArguments:
     device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, mps (default: best available)."})
 
 
-# Defaults that differ from transformers.TrainingArguments, tuned for small LMs trained from scratch.
-# Kept here (no transformers import) so `--help` can show them instantly.
-PRETRAIN_TRAINING_DEFAULTS = {
-    "output_dir": "outputs/run",
-    "learning_rate": 1e-3,  # small models tolerate (and need) a much higher LR than fine-tuning
-    "lr_scheduler_type": "cosine_with_min_lr",
-    "lr_scheduler_kwargs": {"min_lr_rate": 0.1},  # decay to 10% of the peak, as nanoGPT/Chinchilla do
-    "warmup_steps": 100,
-    "weight_decay": 0.1,
-    "adam_beta2": 0.99,  # small batches: a shorter second-moment memory is more stable (nanoGPT uses 0.99)
-    "max_grad_norm": 1.0,
-    "max_steps": 2000,
-    "per_device_train_batch_size": 32,
-    "per_device_eval_batch_size": 32,
-    "eval_strategy": "steps",
-    "eval_steps": 250,
-    "logging_steps": 25,
-    "save_steps": 500,
-    "save_total_limit": 3,
-    "report_to": "tensorboard",
-    "optim": "adamw_torch",
-    "logging_nan_inf_filter": False,  # a NaN must surface in the logs, not be averaged away
-    "save_only_model": False,
-}
-
-SFT_TRAINING_DEFAULTS = {
-    "output_dir": "outputs/sft",
-    "learning_rate": 2e-3,  # LoRA on a tiny model: higher than the 2e-4 usual for 7B models
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 20,
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-    "max_steps": 300,
-    "per_device_train_batch_size": 16,
-    "per_device_eval_batch_size": 16,
-    "eval_strategy": "steps",
-    "eval_steps": 100,
-    "logging_steps": 10,
-    "save_steps": 100,
-    "save_total_limit": 2,
-    "report_to": "tensorboard",
-    "optim": "adamw_torch",
-    "logging_nan_inf_filter": False,
-}
-
-
 @dataclass
 class OutputArguments:
     """Output options for stages that do not use transformers.TrainingArguments (tokenizer training)."""
@@ -229,26 +184,85 @@ class OutputArguments:
 class RunDefaults:
     """Options shared by pretraining and SFT: precision policy and the sampling defaults saved with the model."""
 
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA that supports it, else fp16 on CUDA, fp32 on CPU/MPS), fp32, bf16 or fp16."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA that supports it, else fp16 on CUDA, "
+                                                             "fp32 on CPU/MPS), fp32, bf16 or fp16."})
+    license: str = field(default="apache-2.0", metadata={"help": "License written into the model card."})
+    plot_loss: bool = field(default=True, metadata={"help": "Save loss_curve.png in the output folder."})
     gen_temperature: float = field(default=0.8, metadata={"help": "Sampling temperature stored in generation_config.json."})
     gen_top_k: int = field(default=50, metadata={"help": "top_k stored in generation_config.json."})
     gen_top_p: float = field(default=0.95, metadata={"help": "top_p stored in generation_config.json."})
-    gen_repetition_penalty: float = field(default=1.1, metadata={"help": "Repetition penalty stored in generation_config.json."})
+    gen_repetition_penalty: float = field(default=1.1, metadata={"help": "Repetition penalty stored in "
+                                                                           "generation_config.json."})
     gen_max_new_tokens: int = field(default=256, metadata={"help": "max_new_tokens stored in generation_config.json."})
 
 
-@dataclass
-class PretrainExtras(RunDefaults):
-    """tinyllm fields added to transformers.TrainingArguments for pretraining."""
+# The training options below are mixed into transformers.TrainingArguments (tinyllm.training_args):
+#   PretrainingArguments(PretrainTrainingOptions, TrainingArguments)
+# A field here that TrainingArguments also has replaces its default (as TRL's SFTConfig does); the others are
+# tinyllm's own. They live here, free of transformers imports, so `--help` answers instantly.
 
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
+@dataclass
+class PretrainTrainingOptions(RunDefaults):
+    """transformers.TrainingArguments with defaults for small LMs trained from scratch, plus tinyllm's options."""
+
+    output_dir: str = field(default="outputs/run", metadata={"help": "Where the model folder and checkpoints go."})
+    # small models tolerate (and need) a much higher LR than fine-tuning
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate."})
+    lr_scheduler_type: str = field(default="cosine_with_min_lr", metadata={"help": "Learning-rate schedule."})
+    # decay to 10% of the peak, as nanoGPT/Chinchilla do
+    lr_scheduler_kwargs: Optional[dict] = field(default_factory=lambda: {"min_lr_rate": 0.1},
+                                                metadata={"help": "Schedule options (a mapping)."})
+    warmup_steps: int = field(default=100, metadata={"help": "Linear warmup steps."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (norms and biases excluded)."})
+    # small batches: a shorter second-moment memory is more stable (nanoGPT uses 0.99)
+    adam_beta2: float = field(default=0.99, metadata={"help": "AdamW beta2."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
+    max_steps: int = field(default=2000, metadata={"help": "Optimizer steps (overrides num_train_epochs)."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Micro-batch per device."})
+    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch per device."})
+    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: steps, epoch or no."})
+    eval_steps: float = field(default=250, metadata={"help": "Evaluate every N steps."})
+    logging_steps: float = field(default=25, metadata={"help": "Log every N steps."})
+    save_steps: float = field(default=500, metadata={"help": "Checkpoint every N steps."})
+    save_total_limit: Optional[int] = field(default=3, metadata={"help": "Keep at most N checkpoints."})
+    report_to: Optional[list[str]] = field(default_factory=lambda: ["tensorboard"],
+                                           metadata={"help": "Loggers: tensorboard, wandb, none, ... (a list)."})
+    # fused AdamW on CUDA is chosen by the device policy; the plain one runs everywhere
+    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer name (transformers' names)."})
+    # a NaN must surface in the logs, not be averaged away
+    logging_nan_inf_filter: bool = field(default=False, metadata={"help": "Filter NaN/inf losses from logs."})
     sample_prompts: Optional[str] = field(
         default=None, metadata={"help": "'|'-separated prompts sampled at each evaluation (default: from the corpus)."}
     )
     sample_max_new_tokens: int = field(default=64, metadata={"help": "Tokens per sample at evaluation."})
-    plot_loss: bool = field(default=True, metadata={"help": "Save loss_curve.png in the output folder."})
-    license: str = field(default="apache-2.0", metadata={"help": "License written into the model card."})
-    nan_policy: str = field(default="stop", metadata={"help": "On a non-finite loss: stop (and say what to try)."})
+
+
+@dataclass
+class SFTTrainingOptions(RunDefaults):
+    """transformers.TrainingArguments with defaults for LoRA on small models, plus tinyllm's options."""
+
+    output_dir: str = field(default="outputs/sft", metadata={"help": "Where the chat model and adapter go."})
+    # LoRA on a tiny model: higher than the 2e-4 usual for 7B models
+    learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    warmup_steps: int = field(default=20, metadata={"help": "Linear warmup steps."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
+    max_steps: int = field(default=300, metadata={"help": "Optimizer steps."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Micro-batch per device."})
+    per_device_eval_batch_size: int = field(default=16, metadata={"help": "Evaluation batch per device."})
+    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: steps, epoch or no."})
+    eval_steps: float = field(default=100, metadata={"help": "Evaluate every N steps."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    save_steps: float = field(default=100, metadata={"help": "Checkpoint every N steps."})
+    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most N checkpoints."})
+    report_to: Optional[list[str]] = field(default_factory=lambda: ["tensorboard"],
+                                           metadata={"help": "Loggers: tensorboard, wandb, none, ... (a list)."})
+    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer name (transformers' names)."})
+    logging_nan_inf_filter: bool = field(default=False, metadata={"help": "Filter NaN/inf losses from logs."})
+    gen_temperature: float = field(default=0.7, metadata={"help": "Sampling temperature stored in "
+                                                                    "generation_config.json."})
 
 
 @dataclass
@@ -257,10 +271,34 @@ class SFTModelArguments:
 
 
 @dataclass
-class SFTExtras(RunDefaults):
-    """tinyllm fields added to transformers.TrainingArguments for instruction tuning."""
+class EvalArguments:
+    """Evaluate a saved model folder."""
 
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
-    license: str = field(default="apache-2.0", metadata={"help": "License written into the model card."})
-    plot_loss: bool = field(default=True, metadata={"help": "Save loss_curve.png in the output folder."})
-    gen_temperature: float = field(default=0.7, metadata={"help": "Sampling temperature stored in generation_config.json."})
+    model: str = field(default="outputs/quickstart", metadata={"help": "A saved model folder."})
+    tasks: str = field(default="auto", metadata={"help": "Comma-separated: bpb, builtin_cloze, sft, or lm_eval task "
+                                                           "names (hellaswag, arc_easy, ...). auto: what fits the "
+                                                           "model (bpb, builtin_cloze, and sft for chat models)."})
+    dataset_name: Optional[str] = field(default=None, metadata={"help": "Held-out text for bpb: a corpus name, file "
+                                                                        "or HF id (default: the run's own corpus)."})
+    validation_split_name: Optional[str] = field(default=None, metadata={"help": "HF split to use for bpb."})
+    validation_split_percentage: Optional[float] = field(default=None, metadata={"help": "Held-out percent "
+                                                                                          "(default: the run's)."})
+    text_column: Optional[str] = field(default=None, metadata={"help": "Text column/field (auto-detected)."})
+    block_size: Optional[int] = field(default=None, metadata={"help": "Tokens per scored block (default: the run's)."})
+    max_documents: Optional[int] = field(default=None, metadata={"help": "Score at most this many held-out documents."})
+    batch_size: int = field(default=16, metadata={"help": "Sequences per forward pass."})
+    limit: Optional[int] = field(default=None, metadata={"help": "lm_eval: at most this many examples per task."})
+    include_path: Optional[str] = field(default=None, metadata={"help": "lm_eval: a folder of extra task YAMLs."})
+    output: Optional[str] = field(default=None, metadata={"help": "Write the results as JSON here (default: "
+                                                                  "MODEL/eval_results.json)."})
+    device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, mps (default: best available)."})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
+
+
+@dataclass
+class ReportArguments:
+    """Compare runs side by side."""
+
+    runs: str = field(default="outputs", metadata={"help": "A folder of run folders (or one run folder)."})
+    output: Optional[str] = field(default=None, metadata={"help": "Markdown file to write (default: RUNS/report.md "
+                                                                  "for several runs)."})

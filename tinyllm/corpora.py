@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import DataError, suggest
+from .errors import DataError, first_line, suggest
 
-__all__ = ["NAMED_CORPORA", "CorpusFile", "iter_documents", "read_text_file", "download", "cache_root",
-           "resolve_corpus", "describe_source", "TEXT_FIELDS"]
+__all__ = ["NAMED_CORPORA", "CorpusFile", "iter_documents", "read_text_file", "read_records", "file_documents",
+           "download", "cache_root", "resolve_corpus", "describe_source", "load_hf_split", "hf_text_column",
+           "split_documents", "validation_count", "TEXT_FIELDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -179,46 +180,53 @@ def _record_text(rec: dict, text_column: str | None, where: str) -> str | None:
                     f"'paragraphs'); pass --text_column with one of: {', '.join(rec)}")
 
 
-def _json_documents(path: Path, text_column: str | None) -> Iterator[str]:
-    text = read_text_file(path)
-    if path.suffix == ".jsonl" or (not text.lstrip().startswith("[") and "\n{" in text):
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}); fix or remove that line") from None
-            doc = _record_text(rec, text_column, f"{path}:{lineno}")
-            if doc and doc.strip():
-                yield doc
+def read_records(path: Path) -> Iterator[tuple[str, dict]]:
+    """(where, record) for every record of a .json (a list, or one object), .jsonl or .parquet file: the one
+    reader for corpora and SFT data. A file is JSON lines when its suffix is .jsonl or when it does not start
+    with '['; errors name the file and line."""
+    path = Path(path)
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as exc:  # pyarrow raises several types for corrupt files
+            raise DataError(f"{path}: cannot read parquet ({first_line(exc)}); check the file") from None
+        yield from ((f"{path} row {i}", r) for i, r in enumerate(rows))
         return
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg}); fix the file") from None
-    records = data if isinstance(data, list) else [data]
-    for i, rec in enumerate(records):
-        doc = _record_text(rec, text_column, f"{path} record {i}")
+    text = read_text_file(path)
+    if path.suffix.lower() != ".jsonl":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if text.lstrip().startswith("["):
+                raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg}); fix the file") from None
+            data = None  # not one JSON document: read it as JSON lines
+        if data is not None:
+            records = data if isinstance(data, list) else [data]
+            yield from ((f"{path} record {i}", r) for i, r in enumerate(records))
+            return
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}); fix or remove that line") from None
+        yield f"{path}:{lineno}", record
+
+
+def _record_documents(path: Path, text_column: str | None) -> Iterator[str]:
+    if path.suffix.lower() == ".parquet" and text_column is None:
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(path).names
+        if not any(c in names for c in TEXT_FIELDS):
+            raise DataError(f"{path}: no text column; pass --text_column with one of: {', '.join(names)}")
+    for where, rec in read_records(path):
+        doc = _record_text(rec, text_column, where)
         if doc and doc.strip():
             yield doc
-
-
-def _parquet_documents(path: Path, text_column: str | None) -> Iterator[str]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise DataError(f"{path}: cannot read parquet ({exc}); check the file") from None
-    names = table.column_names
-    column = text_column or next((c for c in TEXT_FIELDS if c in names), None)
-    if column is None or column not in names:
-        raise DataError(f"{path}: no text column{suggest(text_column or '', names)}; pass --text_column with one "
-                        f"of: {', '.join(names)}")
-    for value in table.column(column).to_pylist():
-        if isinstance(value, str) and value.strip():
-            yield value
 
 
 def _local_files(path: Path) -> list[Path]:
@@ -232,14 +240,32 @@ def _local_files(path: Path) -> list[Path]:
     return files
 
 
-def _file_documents(path: Path, text_column: str | None) -> Iterator[str]:
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
+def file_documents(path: Path, text_column: str | None = None) -> Iterator[str]:
+    """The documents of one local file."""
+    if path.suffix.lower() == ".txt":
         yield from _txt_documents(path)
-    elif suffix in (".json", ".jsonl"):
-        yield from _json_documents(path, text_column)
     else:
-        yield from _parquet_documents(path, text_column)
+        yield from _record_documents(path, text_column)
+
+
+def validation_count(n_documents: int, validation_percentage: float) -> int:
+    """How many documents the held-out split takes: the one rule for every stage (tokenizer report, packing,
+    the entropy floor, evaluation)."""
+    if validation_percentage <= 0 or n_documents < 2:
+        return 0
+    return max(1, round(n_documents * validation_percentage / 100))
+
+
+def split_documents(docs: list, validation_percentage: float) -> tuple[list, list]:
+    """Hold out the last `validation_percentage` % of documents (a contiguous tail, as nanoGPT does); a corpus
+    of one document (e.g. Tiny Shakespeare) is split by characters instead."""
+    if validation_percentage <= 0 or not docs:
+        return docs, []
+    if len(docs) == 1 and isinstance(docs[0], str):
+        cut = int(len(docs[0]) * (1 - validation_percentage / 100))
+        return [docs[0][:cut]], [docs[0][cut:]]
+    n_val = validation_count(len(docs), validation_percentage)
+    return docs[:-n_val], docs[-n_val:]
 
 
 # ---------------------------------------------------------------- resolution
@@ -285,14 +311,13 @@ def load_hf_split(dataset_name: str, config_name: str | None, split: str, stream
         return datasets.load_dataset(dataset_name, config_name, split=split, streaming=streaming,
                                      cache_dir=cache_dir)
     except Exception as exc:  # datasets raises many types (ConnectionError, DatasetNotFoundError, ...)
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
-            f"could not load Hugging Face dataset '{dataset_name}' (split '{split}'): {msg[:200]}. If you are offline, "
+            f"could not load Hugging Face dataset '{dataset_name}' (split '{split}'): {first_line(exc)}. If you are offline, "
             f"save it elsewhere (e.g. to jsonl/parquet) and pass the local path as --dataset_name"
         ) from None
 
 
-def _hf_text_column(columns: Iterable[str], text_column: str | None, dataset_name: str) -> str:
+def hf_text_column(columns: Iterable[str], text_column: str | None, dataset_name: str) -> str:
     columns = list(columns)
     if text_column:
         if text_column not in columns:
@@ -318,10 +343,10 @@ def iter_documents(dataset_name: str, dataset_config_name: str | None = None, sp
             yield doc.text
     elif kind == "files":
         for path in files:
-            yield from _file_documents(path, text_column)
+            yield from file_documents(path, text_column)
     else:
         ds = load_hf_split(dataset_name, dataset_config_name, split, streaming=streaming, cache_dir=cache_dir)
-        column = _hf_text_column(ds.column_names or [], text_column, dataset_name)
+        column = hf_text_column(ds.column_names or [], text_column, dataset_name)
         for row in ds:
             value = row[column]
             if isinstance(value, str) and value.strip():

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import DataArguments
-from .corpora import _file_documents, _hf_text_column, load_hf_split, resolve_corpus
+from .corpora import (hf_text_column, iter_documents, load_hf_split, resolve_corpus, split_documents,
+                      validation_count)
 from .errors import DataError
 
-__all__ = ["LMData", "build_lm_datasets", "documents_dataset"]
+__all__ = ["LMData", "ValidationSet", "build_lm_datasets", "build_validation_set", "documents_dataset"]
 
 logger = logging.getLogger(__name__)
 STREAMING_VALIDATION_DOCS = 200
@@ -31,17 +32,11 @@ class LMData:
     eval_tokens_per_char: float | None
 
 
-def _doc_generator(kind: str, paths: list[str], text_column: str | None, seed: int, n: int, languages: str,
-                   version: int, stamps: list):  # noqa: ARG001 (version/stamps feed the cache fingerprint)
-    if kind == "builtin":
-        from .builtin import generate_corpus
-
-        for doc in generate_corpus(n, seed, languages):
-            yield {"text": doc.text}
-    else:
-        for path in paths:
-            for doc in _file_documents(Path(path), text_column):
-                yield {"text": doc}
+def _doc_generator(dataset_name: str, text_column: str | None, cache_dir: str | None, seed: int, n: int,
+                   languages: str, version: int, stamps: list):  # noqa: ARG001 (version/stamps: cache fingerprint)
+    for doc in iter_documents(dataset_name, text_column=text_column, cache_dir=cache_dir, builtin_num_documents=n,
+                              builtin_languages=languages, seed=seed):
+        yield {"text": doc}
 
 
 def documents_dataset(data: DataArguments, seed: int, streaming: bool = False, split: str | None = None):
@@ -52,12 +47,12 @@ def documents_dataset(data: DataArguments, seed: int, streaming: bool = False, s
     if kind == "hf":
         ds = load_hf_split(data.dataset_name, data.dataset_config_name, split or data.dataset_split,
                            streaming=streaming, cache_dir=data.cache_dir)
-        column = _hf_text_column(ds.column_names or [], data.text_column, data.dataset_name)
+        column = hf_text_column(ds.column_names or [], data.text_column, data.dataset_name)
         ds = ds.select_columns([column])
         return ds.rename_column(column, "text") if column != "text" else ds
     from .builtin import GENERATOR_VERSION
 
-    gen_kwargs = dict(kind=kind, paths=[str(p) for p in files], text_column=data.text_column, seed=seed,
+    gen_kwargs = dict(dataset_name=data.dataset_name, text_column=data.text_column, cache_dir=data.cache_dir, seed=seed,
                       n=data.builtin_num_documents, languages=data.builtin_languages, version=GENERATOR_VERSION,
                       stamps=[(os.path.getsize(p), os.path.getmtime(p)) for p in files])
     if streaming:
@@ -78,10 +73,9 @@ def _split(ds, data: DataArguments):
     if pct <= 0:
         return ds, None
     if len(ds) == 1:  # one long document (Tiny Shakespeare): hold out its last characters, like nanoGPT
-        text = ds[0]["text"]
-        cut = int(len(text) * (1 - pct / 100))
-        return datasets.Dataset.from_dict({"text": [text[:cut]]}), datasets.Dataset.from_dict({"text": [text[cut:]]})
-    n_val = max(1, round(len(ds) * pct / 100))
+        train, val = split_documents([ds[0]["text"]], pct)
+        return datasets.Dataset.from_dict({"text": train}), datasets.Dataset.from_dict({"text": val})
+    n_val = validation_count(len(ds), pct)
     return ds.select(range(len(ds) - n_val)), ds.select(range(len(ds) - n_val, len(ds)))
 
 
@@ -113,7 +107,9 @@ def _pack(ds, tokenizer, block_size: int, num_proc: int | None, desc: str, strea
     if not streaming:
         kwargs["desc"] = f"packing {desc} into blocks of {block_size}"
     # batch_size 1000 documents: packing leaves at most one partial block per batch behind
-    return tokenized, tokenized.map(_group_fn(block_size, tokenizer.bos_token_id), batched=True, batch_size=1000,
+    # a tokenizer whose bos is its eos (GPT-2's) must keep eos supervised
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id != tokenizer.eos_token_id else None
+    return tokenized, tokenized.map(_group_fn(block_size, bos), batched=True, batch_size=1000,
                                     **kwargs)
 
 
@@ -137,6 +133,9 @@ def build_lm_datasets(data: DataArguments, tokenizer, seed: int = 0) -> LMData:
         train_docs, val_docs = _split(docs, data)
     tok_train, train = _pack(train_docs, tokenizer, data.block_size, num_proc, "train", streaming=False)
     n_tokens = sum(len(x) for x in tok_train["input_ids"])
+    from .tokenizer import check_unknown_rate
+
+    check_unknown_rate(tokenizer, tok_train["input_ids"], f"the training corpus {data.dataset_name}")
     if len(train) == 0:
         raise DataError(f"block_size {data.block_size} is larger than the whole training corpus ({n_tokens} tokens); "
                         f"lower --block_size or use more data")
@@ -161,3 +160,30 @@ def _ratios(texts: list[str], tokenizer) -> tuple[float, float]:
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
     n_chars = sum(len(t) for t in texts)
     return n_tok / max(n_bytes, 1), n_tok / max(n_chars, 1)
+
+
+@dataclass
+class ValidationSet:
+    blocks: object  # datasets.Dataset of {"input_ids", "labels"}
+    tokens_per_byte: float
+    documents: int
+    tokens: int
+
+
+def build_validation_set(data: DataArguments, tokenizer, seed: int = 0) -> ValidationSet:
+    """The held-out documents of a corpus, packed as in training (the same split rule and the same documents)."""
+    docs = documents_dataset(data, seed, split=data.validation_split_name) if data.validation_split_name else None
+    if docs is None:
+        _, docs = _split(documents_dataset(data, seed), data)
+    if docs is None or len(docs) == 0:
+        raise DataError(f"corpus '{data.dataset_name}' has no validation split (validation_split_percentage is 0); "
+                        f"pass --validation_split_percentage 5 or --validation_split_name")
+    if data.block_size is None:
+        data.block_size = 256
+    _, blocks = _pack(docs, tokenizer, data.block_size, data.preprocessing_num_workers, "validation", streaming=False)
+    if len(blocks) == 0:
+        raise DataError(f"the validation split has fewer than block_size={data.block_size} tokens; lower --block_size")
+    texts = docs["text"]
+    per_byte, _ = _ratios(texts, tokenizer)
+    return ValidationSet(blocks.with_format("torch"), per_byte, len(texts),
+                         sum(len(x) for x in blocks["input_ids"]))

@@ -11,7 +11,7 @@ import logging
 
 from .errors import ConfigError, suggest
 
-__all__ = ["detect_device", "apply_precision_policy", "compile_friendly_loader"]
+__all__ = ["detect_device", "declare_cpu", "apply_precision_policy", "compile_loader_settings"]
 
 logger = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -27,6 +27,16 @@ def detect_device(use_cpu: bool = False) -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def declare_cpu(args) -> None:
+    """On a machine without an accelerator, set `use_cpu` before TrainingArguments resolves its device.
+
+    Without it, transformers 5 treats CPU multi-process runs (DDP over gloo) as non-distributed and mis-scales the
+    loss (2x with 2 processes); declaring the CPU up front makes them match one process. Called from the
+    TrainingArguments subclasses' __post_init__, so Python callers get the same rule as the command line."""
+    if not args.use_cpu and detect_device() == "cpu":
+        args.use_cpu = True
 
 
 def apply_precision_policy(args) -> str:
@@ -70,13 +80,16 @@ def apply_precision_policy(args) -> str:
     return desc
 
 
-def compile_friendly_loader(args, n_train: int | None) -> None:
-    """With torch.compile, a smaller last batch changes the traced shapes and triggers a recompilation at every
-    epoch end (46 s on an H200 for GPT-2 small, measured): drop that partial batch (packed data, so a few sequences
-    per epoch, reshuffled each epoch) and keep the loader workers alive across epochs."""
+def compile_loader_settings(args, n_train: int | None) -> dict:
+    """DataLoader settings for torch.compile runs: a smaller last batch changes the traced shapes and triggers a
+    recompilation at every epoch end (46 s on an H200 for GPT-2 small, measured), so drop that partial batch
+    (packed data: a few sequences per epoch, reshuffled each epoch) and keep the loader workers alive across
+    epochs. Returns the TrainingArguments fields to set (empty without torch.compile)."""
     if not args.torch_compile:
-        return
+        return {}
+    out = {}
     if n_train is not None and n_train >= args.per_device_train_batch_size * max(1, args.world_size):
-        args.dataloader_drop_last = True
+        out["dataloader_drop_last"] = True
     if args.dataloader_num_workers > 0:
-        args.dataloader_persistent_workers = True
+        out["dataloader_persistent_workers"] = True
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Iterable
 
-__all__ = ["TinyLLMError", "ConfigError", "DataError", "suggest"]
+__all__ = ["TinyLLMError", "ConfigError", "DataError", "suggest", "first_line"]
 
 
 class TinyLLMError(Exception):
@@ -26,3 +26,9 @@ def suggest(word: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest valid choice, or '' when nothing is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (or its type name), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

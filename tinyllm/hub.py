@@ -7,23 +7,27 @@ import json
 import logging
 import os
 import platform
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import TinyLLMError
+from .errors import TinyLLMError, first_line
 
-__all__ = ["make_generation_config", "save_model_folder", "plot_loss", "write_model_card", "push_folder",
-           "check_finite", "hardware_summary"]
+__all__ = ["make_generation_config", "save_model_folder", "plot_loss", "CardInfo", "write_model_card",
+           "push_folder", "check_finite", "hardware_summary"]
 
 logger = logging.getLogger(__name__)
 
 
 def make_generation_config(tokenizer, args, eos_ids: list[int] | None = None):
+    """Sampling defaults tuned per recipe (args.gen_*) and the token ids generation needs; pad falls back to eos
+    for tokenizers without a pad token (GPT-2's)."""
     from transformers import GenerationConfig
 
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return GenerationConfig(
         do_sample=True, temperature=args.gen_temperature, top_k=args.gen_top_k, top_p=args.gen_top_p,
         repetition_penalty=args.gen_repetition_penalty, max_new_tokens=args.gen_max_new_tokens,
-        bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, pad_token_id=pad,
         eos_token_id=eos_ids or [tokenizer.eos_token_id],
     )
 
@@ -85,39 +89,37 @@ def _fmt(v):
     return str(v)
 
 
-def write_model_card(folder: Path, *, name: str, title: str, datasets: list[str], license: str, summary: dict,
-                     description: str, usage_prompt: str, chat: bool = False, base_model: str | None = None) -> None:
-    """README.md with Hub metadata (library_name, pipeline_tag, datasets, license) and a training summary."""
-    meta = ["---", "library_name: transformers", "pipeline_tag: text-generation", f"license: {license}",
-            "tags:", "- tinyllm", "- text-generation"]
-    hf_datasets = [d for d in datasets if "/" in d and not os.path.exists(d)]
-    if hf_datasets:
-        meta += ["datasets:"] + [f"- {d}" for d in hf_datasets]
-    if base_model and "/" in base_model and not os.path.exists(base_model):
-        meta += [f"base_model: {base_model}"]
-    meta += ["---", ""]
-    rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in summary.items())
-    if chat:
-        usage = ("```python\nfrom transformers import pipeline\n\n"
-                 f"pipe = pipeline(\"text-generation\", model=\"{name}\")\n"
-                 f"messages = [{{\"role\": \"user\", \"content\": {json.dumps(usage_prompt, ensure_ascii=False)}}}]\n"
-                 "print(pipe(messages)[0][\"generated_text\"][-1][\"content\"])\n```")
-    else:
-        usage = ("```python\nfrom transformers import pipeline\n\n"
-                 f"pipe = pipeline(\"text-generation\", model=\"{name}\")\n"
-                 f"print(pipe({json.dumps(usage_prompt, ensure_ascii=False)})[0][\"generated_text\"])\n```")
-    plot = "\n![loss curve](loss_curve.png)\n" if (folder / "loss_curve.png").exists() else ""
-    text = "\n".join(meta) + f"""# {title}
+@dataclass
+class CardInfo:
+    """What the model card says: title, description, usage, a training summary table and eval results."""
 
-{description}
+    name: str
+    title: str
+    description: str
+    usage_prompt: str
+    summary: dict
+    datasets: list[str] = field(default_factory=list)
+    license: str = "apache-2.0"
+    chat: bool = False
+    base_model: str | None = None
+    # [{"task": ..., "dataset": ..., "metric": ..., "value": ...}] -> the card's model-index metadata
+    eval_results: list[dict] = field(default_factory=list)
+
+
+_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+{{ description }}
 
 Trained with tinyllm on the Hugging Face stack (transformers `Trainer`, `accelerate`).
-It is a standard `{summary.get('architecture', 'transformers')}` checkpoint in safetensors: no custom code,
-`trust_remote_code` is not needed.
+It is a standard `{{ architecture }}` checkpoint in safetensors: no custom code, `trust_remote_code` is not needed.
 
 ## Use
 
-{usage}
+{{ usage }}
 
 Sampling defaults tuned for this model are in `generation_config.json`.
 
@@ -125,14 +127,50 @@ Sampling defaults tuned for this model are in `generation_config.json`.
 
 | | |
 |---|---|
-{rows}
-{plot}
+{{ rows }}
+{{ plot }}{{ evals }}
 ## Limitations
 
 A small model trained from scratch: it imitates the style of its training data and makes up facts. Do not rely on
 its output.
 """
-    (folder / "README.md").write_text(text, encoding="utf-8")
+
+
+def _usage(name: str, prompt: str, chat: bool) -> str:
+    head = f"```python\nfrom transformers import pipeline\n\npipe = pipeline(\"text-generation\", model=\"{name}\")\n"
+    p = json.dumps(prompt, ensure_ascii=False)
+    if chat:
+        return head + (f"messages = [{{\"role\": \"user\", \"content\": {p}}}]\n"
+                       "print(pipe(messages)[0][\"generated_text\"][-1][\"content\"])\n```")
+    return head + f"print(pipe({p})[0][\"generated_text\"])\n```"
+
+
+def write_model_card(folder: Path, card: CardInfo) -> None:
+    """README.md through huggingface_hub's ModelCard: metadata (library, pipeline tag, license, datasets, base
+    model, model-index eval results the Hub renders) and a readable training summary."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    hub_ids = [d for d in card.datasets if "/" in d and not os.path.exists(d)]
+    base = card.base_model if card.base_model and "/" in card.base_model and not os.path.exists(card.base_model) \
+        else None
+    results = [EvalResult(task_type="text-generation", task_name=r.get("task_name"), dataset_type=r["dataset"],
+                          dataset_name=r["dataset"], metric_type=r["metric"], metric_name=r.get("metric_name"),
+                          metric_value=r["value"]) for r in card.eval_results]
+    data = ModelCardData(library_name="transformers", pipeline_tag="text-generation", license=card.license,
+                         tags=["tinyllm", "text-generation"], datasets=hub_ids or None, base_model=base,
+                         model_name=card.name, eval_results=results or None)
+    evals = ""
+    if card.eval_results:
+        evals = "\n## Evaluation\n\n| task | dataset | metric | value |\n|---|---|---|---:|\n" + "\n".join(
+            f"| {r.get('task_name') or ''} | {r['dataset']} | {r.get('metric_name') or r['metric']} | {_fmt(r['value'])} |"
+            for r in card.eval_results) + "\n"
+    text = ModelCard.from_template(
+        data, template_str=_CARD_TEMPLATE, title=card.title, description=card.description,
+        architecture=card.summary.get("architecture", "transformers"),
+        usage=_usage(card.name, card.usage_prompt, card.chat),
+        rows="\n".join(f"| {k} | {_fmt(v)} |" for k, v in card.summary.items()),
+        plot="\n![loss curve](loss_curve.png)\n" if (folder / "loss_curve.png").exists() else "", evals=evals)
+    (folder / "README.md").write_text(str(text), encoding="utf-8")
 
 
 def save_model_folder(model, tokenizer, generation_config, folder: Path) -> None:
@@ -144,21 +182,20 @@ def save_model_folder(model, tokenizer, generation_config, folder: Path) -> None
     tokenizer.save_pretrained(folder)
 
 
-def push_folder(folder: Path, repo_id: str | None, private: bool | None = None) -> str:
+def push_folder(folder: Path, repo_id: str | None, private: bool | None = None, token: str | None = None) -> str:
     """Upload a saved folder (without checkpoints and logs) to the Hub. The token comes from the environment
     (HF_TOKEN) or `hf auth login`, never from a config file."""
     if not repo_id:
         raise TinyLLMError("push_to_hub needs --hub_model_id your-name/model-name")
     from huggingface_hub import HfApi
 
-    api = HfApi()
+    api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder),
                                  ignore_patterns=["checkpoint-*/**", "runs/**", ".*", "training_args.bin"],
                                  commit_message="Upload model trained with tinyllm")
     except Exception as exc:  # network, auth and HTTP errors come in many types
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TinyLLMError(f"could not push {folder} to the Hub repo '{repo_id}': {msg[:200]}. The model is saved "
+        raise TinyLLMError(f"could not push {folder} to the Hub repo '{repo_id}': {first_line(exc)}. The model is saved "
                            f"locally; check your network and `hf auth login`, then run: hf upload {repo_id} {folder}")
     return str(getattr(info, "commit_url", "") or f"https://huggingface.co/{repo_id}")

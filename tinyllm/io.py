@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["check_output_dir", "atomic_output_dir", "staged_into", "split_documents"]
+__all__ = ["check_output_dir", "atomic_output_dir", "atomic_file", "staged_into"]
 
 
 def check_output_dir(path: str | os.PathLike, overwrite: bool, resume: bool = False) -> None:
@@ -62,14 +62,22 @@ def staged_into(dest: str | os.PathLike):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def split_documents(docs: list[str], validation_percentage: float) -> tuple[list[str], list[str]]:
-    """Hold out the last `validation_percentage` % of documents (a contiguous tail, as nanoGPT does); a corpus
-    of one document (e.g. Tiny Shakespeare) is split by characters instead."""
-    if validation_percentage <= 0 or not docs:
-        return docs, []
-    frac = validation_percentage / 100
-    if len(docs) == 1:
-        cut = int(len(docs[0]) * (1 - frac))
-        return [docs[0][:cut]], [docs[0][cut:]]
-    n_val = max(1, round(len(docs) * frac))
-    return docs[:-n_val], docs[-n_val:]
+@contextlib.contextmanager
+def atomic_file(final: str | os.PathLike, overwrite: bool = False):
+    """Yield a temporary path next to `final`; on success it is renamed to `final`, on error removed. Refuses an
+    existing `final` unless `overwrite`, and a missing or read-only folder, with one line each."""
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise ConfigError(f"{final} already exists; pass --overwrite true to replace it, or choose another --output")
+    if not final.parent.is_dir():
+        raise ConfigError(f"output folder {final.parent} does not exist; create it first or choose another --output")
+    if not os.access(final.parent, os.W_OK):
+        raise ConfigError(f"output folder {final.parent} is not writable; choose another --output")
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

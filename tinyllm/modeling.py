@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from .errors import ConfigError, suggest
 
-__all__ = ["PRESETS", "Preset", "build_config", "pad_vocab", "count_parameters", "check_vocab", "describe_presets"]
+__all__ = ["PRESETS", "Preset", "build_config", "apply_overrides", "pad_vocab", "check_vocab", "describe_presets",
+           "print_presets"]
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class Preset:
     n_layer: int
     n_head: int
     n_embd: int
-    block_size: int
+    block_size: int  # the default context (block_size) of a run with this preset
     note: str
 
 
@@ -36,6 +37,10 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def print_presets() -> None:
+    print(describe_presets())
+
+
 def describe_presets() -> str:
     rows = [f"{'preset':<11} {'layers':>6} {'heads':>5} {'width':>5} {'context':>7}  note"]
     rows += [f"{k:<11} {p.n_layer:>6} {p.n_head:>5} {p.n_embd:>5} {p.block_size:>7}  {p.note}" for k, p in PRESETS.items()]
@@ -45,27 +50,6 @@ def describe_presets() -> str:
 def pad_vocab(n: int, multiple: int = 64) -> int:
     """Embedding rows rounded up to a multiple of 64: faster matmuls on GPUs, room for the tokenizer."""
     return int(math.ceil(n / multiple) * multiple)
-
-
-def _parse_overrides(text: str | None) -> dict:
-    out = {}
-    if not text:
-        return out
-    for item in text.split(","):
-        if not item.strip():
-            continue
-        if "=" not in item:
-            raise ConfigError(f"config_overrides item '{item}' must look like key=value, e.g. 'rope_theta=500000'")
-        key, value = (x.strip() for x in item.split("=", 1))
-        for cast in (int, float):
-            try:
-                out[key] = cast(value)
-                break
-            except ValueError:
-                continue
-        else:
-            out[key] = {"true": True, "false": False, "none": None}.get(value.lower(), value)
-    return out
 
 
 def build_config(model_args, vocab_size: int, block_size: int, bos_id: int, eos_id: int, pad_id: int):
@@ -93,24 +77,27 @@ def build_config(model_args, vocab_size: int, block_size: int, bos_id: int, eos_
         cfg = LlamaConfig(num_hidden_layers=n_layer, num_attention_heads=n_head, num_key_value_heads=n_kv,
                           hidden_size=n_embd, intermediate_size=inter, max_position_embeddings=block_size,
                           attention_dropout=model_args.dropout, rms_norm_eps=1e-5, **common)
-    for key, value in _parse_overrides(model_args.config_overrides).items():
-        if not hasattr(cfg, key):
-            names = [k for k in cfg.to_dict()]
-            raise ConfigError(f"config_overrides: '{key}' is not a {type(cfg).__name__} field{suggest(key, names)}")
-        setattr(cfg, key, value)
+    if model_args.config_overrides:
+        apply_overrides(cfg, model_args.config_overrides)
     return cfg
 
 
-def count_parameters(model, exclude_embeddings: bool = False) -> int:
-    seen, total = set(), 0
-    for name, p in model.named_parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        if exclude_embeddings and ("wte" in name or "wpe" in name or "embed_tokens" in name):
-            continue
-        total += p.numel()
-    return total
+def apply_overrides(cfg, text: str) -> None:
+    """'key=value,key=value' onto a config with transformers' own PretrainedConfig.update_from_string (values
+    take the type of the field they replace); one-line errors that name the key."""
+    names = list(cfg.to_dict())
+    for item in (x.strip() for x in text.split(",")):
+        if item and "=" not in item:
+            raise ConfigError(f"config_overrides item '{item}' must look like key=value, e.g. 'rope_theta=500000'")
+        key = item.split("=", 1)[0].strip()
+        if item and not hasattr(cfg, key):
+            raise ConfigError(f"config_overrides: '{key}' is not a {type(cfg).__name__} field{suggest(key, names)}")
+    try:
+        cfg.update_from_string(",".join(x.strip() for x in text.split(",") if x.strip()))
+    except (ValueError, TypeError) as exc:
+        from .errors import first_line
+
+        raise ConfigError(f"config_overrides '{text}': {first_line(exc)}") from None
 
 
 def check_vocab(tokenizer, config, where: str = "the model") -> None:

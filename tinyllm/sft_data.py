@@ -9,7 +9,6 @@ Accepted layouts (one per row, auto-detected):
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from .errors import DataError
 __all__ = ["LAYOUTS", "row_to_messages", "load_qa_rows", "tokenize_conversation", "build_sft_datasets",
            "SFTCollator", "SFTData"]
 
-logger = logging.getLogger("tinyllm.sft")
+logger = logging.getLogger(__name__)
 LAYOUTS = "Alpaca (instruction/input/output), question/answer, prompt/completion, or messages (role/content list)"
 
 
@@ -57,38 +56,6 @@ def row_to_messages(row: dict, where: str, system_prompt: str | None = None) -> 
     return msgs
 
 
-def _read_rows(path: Path) -> list[tuple[str, dict]]:
-    from .corpora import read_text_file
-
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            rows = pq.read_table(path).to_pylist()
-        except Exception as exc:
-            raise DataError(f"{path}: cannot read parquet ({exc})") from None
-        return [(f"{path} row {i}", r) for i, r in enumerate(rows)]
-    text = read_text_file(path)
-    if suffix == ".jsonl" or (not text.lstrip().startswith("[")):
-        out = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                out.append((f"{path}:{lineno}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}); fix or remove that line") from None
-        return out
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of rows or JSON lines")
-    return [(f"{path} row {i}", r) for i, r in enumerate(data)]
-
-
 def load_qa_rows(dataset_name: str, split: str, config_name: str | None = None, cache_dir: str | None = None):
     """[(where, row)] for builtin_qa, a local json/jsonl/parquet file (or folder), or an HF dataset split."""
     if dataset_name == "builtin_qa":
@@ -102,7 +69,9 @@ def load_qa_rows(dataset_name: str, split: str, config_name: str | None = None, 
                                                      if p.suffix.lower() in (".json", ".jsonl", ".parquet"))
         if not files:
             raise DataError(f"{path}: no .json/.jsonl/.parquet files found")
-        rows = [r for f in files for r in _read_rows(f)]
+        from .corpora import read_records
+
+        rows = [r for f in files for r in read_records(f)]
         if not rows:
             raise DataError(f"{dataset_name} has no rows; accepted layouts: {LAYOUTS}")
         return rows
@@ -115,12 +84,11 @@ def load_qa_rows(dataset_name: str, split: str, config_name: str | None = None, 
 
 
 def tokenize_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """input_ids and labels: labels are the token ids on assistant answers and their <|im_end|>, -100 elsewhere."""
-    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True)
-    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
-    labels = [t if m else -100 for t, m in zip(ids, mask)]
-    return ids, labels
+    """input_ids and labels: labels are the assistant answers and their end-of-turn token, -100 elsewhere;
+    content is tokenized as plain text (tinyllm.chat)."""
+    from .chat import encode_for_training
+
+    return encode_for_training(tokenizer, messages)
 
 
 @dataclass
@@ -169,6 +137,8 @@ def build_sft_datasets(data, tokenizer, seed: int = 0) -> SFTData:
         train_rows = [rows[i] for i in order[n_val:]]
     if data.max_examples:
         train_rows = train_rows[: data.max_examples]
+    from .tokenizer import check_unknown_rate
+
     train, _, dropped, truncated = _encode(train_rows, tokenizer, data.max_seq_length, data.truncation,
                                            data.system_prompt)
     val, val_convs, vdropped, vtruncated = _encode(val_rows, tokenizer, data.max_seq_length, data.truncation,
@@ -180,6 +150,7 @@ def build_sft_datasets(data, tokenizer, seed: int = 0) -> SFTData:
         raise DataError(f"no usable training examples in {data.dataset_name} (all {len(train_rows)} rows were longer "
                         f"than max_seq_length={data.max_seq_length}); raise --max_seq_length or use --truncation "
                         f"truncate")
+    check_unknown_rate(tokenizer, [e["input_ids"] for e in train], f"the SFT data {data.dataset_name}")
     stats = {"train_examples": len(train), "eval_examples": len(val), "dropped_too_long": dropped + vdropped,
              "truncated": truncated + vtruncated,
              "supervised_tokens": sum(sum(1 for x in e["labels"] if x != -100) for e in train)}
@@ -187,24 +158,21 @@ def build_sft_datasets(data, tokenizer, seed: int = 0) -> SFTData:
 
 
 class SFTCollator:
-    """Right-pad input_ids (pad token) and labels (-100); refuse a batch that supervises nothing."""
+    """transformers' DataCollatorForSeq2Seq (right-pads input_ids with the pad token and labels with -100), plus a
+    refusal of any batch that supervises nothing (silently training on nothing is a classic SFT failure)."""
 
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
+    def __init__(self, tokenizer):
+        import copy
+
+        from transformers import DataCollatorForSeq2Seq
+
+        tok = copy.copy(tokenizer)  # right padding for training, without changing the caller's tokenizer
+        tok.padding_side = "right"
+        self.inner = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, return_tensors="pt")
 
     def __call__(self, features):
-        import torch
-
-        n = max(len(f["input_ids"]) for f in features)
-        ids = torch.full((len(features), n), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(features), n), -100, dtype=torch.long)
-        mask = torch.zeros((len(features), n), dtype=torch.long)
-        for i, f in enumerate(features):
-            k = len(f["input_ids"])
-            ids[i, :k] = torch.tensor(f["input_ids"])
-            labels[i, :k] = torch.tensor(f["labels"])
-            mask[i, :k] = 1
-        if not (labels != -100).any():
+        batch = self.inner([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+        if not (batch["labels"] != -100).any():
             raise DataError("a batch supervises 0 tokens (no assistant answer survived formatting); check the "
-                            "chat template's {% generation %} markers and the data")
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+                            "chat template and the data")
+        return batch

@@ -19,7 +19,7 @@ import logging
 import unicodedata
 
 __all__ = ["BOS", "EOS", "PAD", "UNK", "IM_START", "IM_END", "CHAT_TEMPLATE", "SPLIT_PATTERN",
-           "train_tokenizer", "wrap_tokenizer", "check_chat_tokens", "is_cjk", "count_alphabet"]
+           "train_tokenizer", "wrap_tokenizer", "check_chat_tokens", "check_unknown_rate", "is_cjk", "count_alphabet"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,3 +141,20 @@ def check_chat_tokens(tokenizer, where: str) -> None:
                           f"tokenizer trained by tinyllm (tokenizer_training/train_tokenizer.py), which reserves them")
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(f"the tokenizer in {where} has no chat template; retrain it with tinyllm or add one")
+
+
+def check_unknown_rate(tokenizer, id_lists, where: str, limit: float = 0.01) -> float:
+    """Share of tokens that are <|unk|> (char tokenizers map unseen characters to it); warn above `limit` (1%),
+    e.g. a poetry-trained char tokenizer used on modern Chinese. Returns the rate (0.0 for BPE, which has none)."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return 0.0
+    total = hits = 0
+    for ids in id_lists:
+        total += len(ids)
+        hits += sum(1 for t in ids if t == unk)
+    rate = hits / max(total, 1)
+    if rate > limit:
+        logger.warning("%.1f%% of the tokens of %s are %s: characters the char tokenizer never saw (they are lost). "
+                       "Train the tokenizer on this text too, or use --tokenizer_type bpe", 100 * rate, where, UNK)
+    return rate

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from .config import DataArguments, OutputArguments, TokenizerArguments
-from .corpora import iter_documents
+from .corpora import iter_documents, split_documents
 from .errors import DataError
-from .io import atomic_output_dir, check_output_dir, split_documents
+from .io import atomic_output_dir, check_output_dir
 from .tokenizer import is_cjk, train_tokenizer
 
 __all__ = ["run_tokenizer_training", "load_corpus_documents", "tokenizer_report", "language_of"]

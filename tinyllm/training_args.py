@@ -1,36 +1,42 @@
-"""TrainingArguments subclasses: transformers' fields, tinyllm defaults for small LMs, and tinyllm extras."""
+"""The training stages' arguments: transformers.TrainingArguments with tinyllm's defaults and options.
+
+The options themselves are plain dataclasses in `tinyllm.config` (so `--help` needs no transformers import);
+here they are mixed into TrainingArguments. A field both define takes tinyllm's default.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import get_type_hints
+from dataclasses import dataclass
 
 from transformers import TrainingArguments
 
-from .config import PRETRAIN_TRAINING_DEFAULTS, SFT_TRAINING_DEFAULTS, PretrainExtras, SFTExtras
+from .config import PretrainTrainingOptions, SFTTrainingOptions
+from .device import declare_cpu
 
-__all__ = ["PretrainingArguments", "SFTTrainingArguments"]
-
-
-def _subclass(name: str, defaults: dict, extras: type) -> type:
-    """A TrainingArguments subclass whose defaults are `defaults` and which adds the fields of `extras`."""
-    hints = get_type_hints(TrainingArguments)
-    base_fields = {f.name: f for f in dataclasses.fields(TrainingArguments)}
-    new = []
-    for key, value in defaults.items():
-        meta = base_fields[key].metadata
-        if isinstance(value, (dict, list)):
-            fld = dataclasses.field(default_factory=lambda v=value: type(v)(v), metadata=meta)
-        else:
-            fld = dataclasses.field(default=value, metadata=meta)
-        new.append((key, hints[key], fld))
-    extra_hints = get_type_hints(extras)
-    for f in dataclasses.fields(extras):
-        new.append((f.name, extra_hints[f.name], dataclasses.field(default=f.default, metadata=f.metadata)))
-    cls = dataclasses.make_dataclass(name, new, bases=(TrainingArguments,))
-    cls.__module__ = __name__
-    return cls
+__all__ = ["PretrainingArguments", "SFTTrainingArguments", "training_arguments_class"]
 
 
-PretrainingArguments = _subclass("PretrainingArguments", PRETRAIN_TRAINING_DEFAULTS, PretrainExtras)
-SFTTrainingArguments = _subclass("SFTTrainingArguments", SFT_TRAINING_DEFAULTS, SFTExtras)
+@dataclass
+class PretrainingArguments(PretrainTrainingOptions, TrainingArguments):
+    """TrainingArguments for pretraining small LMs from scratch (defaults in tinyllm.config)."""
+
+    def __post_init__(self):
+        declare_cpu(self)  # before TrainingArguments resolves its device
+        super().__post_init__()
+
+
+@dataclass
+class SFTTrainingArguments(SFTTrainingOptions, TrainingArguments):
+    """TrainingArguments for LoRA instruction tuning (defaults in tinyllm.config)."""
+
+    def __post_init__(self):
+        declare_cpu(self)
+        super().__post_init__()
+
+
+_BY_OPTIONS = {PretrainTrainingOptions: PretrainingArguments, SFTTrainingOptions: SFTTrainingArguments}
+
+
+def training_arguments_class(options: type) -> type:
+    """The TrainingArguments subclass built on a tinyllm options dataclass."""
+    return _BY_OPTIONS[options]

@@ -9,7 +9,7 @@ Every option: python tokenizer_training/train_tokenizer.py --help
 
 import sys
 
-from tinyllm.__main__ import run
+from tinyllm.cli import run
 
 if __name__ == "__main__":
     sys.exit(run("train-tokenizer"))

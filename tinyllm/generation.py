@@ -1,0 +1,276 @@
+"""Generation for every stage: `tinyllm generate`, `tinyllm chat`, training samples and the server.
+
+One path: `generate_ids` encodes nothing and decodes nothing; it continues token ids with the model's sampling
+settings, slides its window beyond the model's context, and reports each new token to a callback. Common sampling
+settings at batch 1 take `tinyllm.fast_decode` (same tokens as `generate()` for the same seed); anything else goes
+through transformers' `generate()`. Text is streamed UTF-8 safe: never half a Chinese character or emoji.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+__all__ = ["drop_partial_char", "Utf8Streamer", "Generation", "generate_ids", "generate_text", "next_window",
+           "sampling_kwargs", "run_generate", "run_chat"]
+
+
+def drop_partial_char(text: str) -> str:
+    """Generation can stop in the middle of a multi-byte character (max_new_tokens reached); its bytes decode to
+    U+FFFD at the very end of the text. Drop that tail rather than show a broken character."""
+    return text.rstrip("\ufffd")
+
+
+class Utf8Streamer:
+    """Turns new token ids into text pieces that are always whole characters.
+
+    Byte-level BPE can split one Chinese character (3 UTF-8 bytes) or an emoji (4) across tokens; decoding such a
+    prefix gives U+FFFD. Text is held back until it decodes cleanly, then only the new complete part is written to
+    `out` (and returned by `push`). Also usable as a transformers streamer (`put`/`end`)."""
+
+    def __init__(self, tokenizer, out=None, skip_prompt: bool = True):
+        self.tokenizer = tokenizer
+        self.out = out
+        self._prompt_done = not skip_prompt
+        self.ids: list[int] = []
+        self.printed = 0
+        self.text = ""
+
+    def push(self, token: int) -> str:
+        self.ids.append(int(token))
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        stable = drop_partial_char(text)
+        piece = stable[self.printed:] if len(stable) > self.printed else ""
+        self.printed = max(self.printed, len(stable))
+        self.text = text
+        if piece and self.out is not None:
+            self.out.write(piece)
+            self.out.flush()
+        return piece
+
+    def finish(self) -> str:
+        text = drop_partial_char(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+        piece = text[self.printed:]
+        self.printed, self.text = len(text), text
+        if self.out is not None:
+            self.out.write(piece + "\n")
+            self.out.flush()
+        return piece
+
+    # the transformers streamer interface
+    def put(self, value) -> None:
+        if not self._prompt_done:  # the first call carries the prompt
+            self._prompt_done = True
+            return
+        for t in value.reshape(-1).tolist():
+            self.push(t)
+
+    def end(self) -> None:
+        self.finish()
+
+
+@dataclass
+class Generation:
+    ids: list[int]  # the new tokens
+    finish_reason: str  # "stop" (an eos token) or "length" (max_new_tokens)
+
+
+def next_window(ids, remaining: int, ctx: int, generated: bool):
+    """The sliding window of one generation round: once the text would outgrow the context, keep the last half
+    context of tokens; returns (window, tokens to generate this round)."""
+    window = ids[:, -(ctx // 2):] if ids.shape[1] + remaining > ctx and generated else ids
+    return window, min(remaining, ctx - window.shape[1])
+
+
+def _context(model) -> int:
+    from .runtime import context_length
+
+    return context_length(model.config) or 10**9
+
+
+def generate_ids(model, prompt_ids: list[int], max_new_tokens: int = 100, eos: list[int] | None = None,
+                 on_token=None, should_stop=None, **sampling) -> Generation:
+    """Continue `prompt_ids`. Beyond the model's context it slides: each round keeps the last half context of
+    tokens and generates up to half a context more (as nanoGPT's sample.py crops its context). `on_token(id)` is
+    called for each new token; `should_stop()` is checked between tokens (a client that went away)."""
+    import torch
+
+    from .fast_decode import fast_decode
+
+    ctx = _context(model)
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt_ids[-(ctx // 2):] if len(prompt_ids) >= ctx else prompt_ids], device=device)
+    eos_ids = eos if eos is not None else model.generation_config.eos_token_id
+    eos_set = set(eos_ids if isinstance(eos_ids, (list, tuple)) else [eos_ids]) - {None}
+    pad = model.generation_config.pad_token_id
+    stopper = _StopCheck(should_stop)
+    new: list[int] = []
+    remaining = max_new_tokens
+
+    def report(token: int) -> None:
+        if on_token is not None:
+            on_token(token)
+        stopper.check()
+
+    # inference_mode (not just no_grad) skips autograd's version counters and views bookkeeping on every op: 12%
+    # more tokens/s at batch 1 on the 0.8M char model on a 2-core CPU (520 -> 581), where per-op cost dominates.
+    with torch.inference_mode():
+        try:
+            while remaining > 0:
+                window, step = next_window(ids, remaining, ctx, generated=bool(new))
+                chunk = fast_decode(model, window, step, sampling, eos_set, report)
+                if chunk is None:
+                    out = model.generate(input_ids=window, attention_mask=torch.ones_like(window), max_new_tokens=step,
+                                         eos_token_id=list(eos_set), pad_token_id=pad if pad is not None else
+                                         next(iter(eos_set), None), streamer=_TokenSink(report), **sampling)
+                    chunk = out[0, window.shape[1]:].tolist()
+                    if pad is not None and pad not in eos_set:
+                        chunk = [t for t in chunk if t != pad]
+                new += chunk
+                ids = torch.cat([ids, torch.tensor([chunk], dtype=ids.dtype, device=device)], dim=1)
+                remaining -= len(chunk)
+                if len(chunk) < step or (chunk and chunk[-1] in eos_set):
+                    break
+        except _Stopped:
+            pass
+    reason = "stop" if new and new[-1] in eos_set else "length"
+    return Generation(new, reason)
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _StopCheck:
+    def __init__(self, should_stop):
+        self.should_stop = should_stop
+
+    def check(self):
+        if self.should_stop is not None and self.should_stop():
+            raise _Stopped
+
+
+class _TokenSink:
+    """A generate() streamer that reports new tokens one by one (the first put() is the prompt)."""
+
+    def __init__(self, report):
+        self.report, self.first = report, True
+
+    def put(self, value):
+        if self.first:
+            self.first = False
+            return
+        for t in value.reshape(-1).tolist():
+            self.report(int(t))
+
+    def end(self):
+        pass
+
+
+def generate_text(model, tokenizer, prompt: str, streamer: Utf8Streamer | None = None, **kwargs) -> str:
+    """Continue a text prompt; returns the new text (whole characters only)."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    max_new = kwargs.pop("max_new_tokens", 100)
+    eos = kwargs.pop("eos_token_id", None)
+    gen = generate_ids(model, prompt_ids, max_new, eos=eos, on_token=streamer.push if streamer else None, **kwargs)
+    if streamer is not None:
+        streamer.finish()
+    return drop_partial_char(tokenizer.decode(gen.ids, skip_special_tokens=True))
+
+
+def sampling_kwargs(args) -> dict:
+    """generate() settings from the command line; unset ones come from the model's generation_config.json."""
+    kw = {}
+    for name in ("temperature", "top_k", "top_p", "repetition_penalty"):
+        value = getattr(args, name)
+        if value is not None:
+            kw[name] = value
+    if args.temperature == 0:
+        kw.pop("temperature")
+        kw["do_sample"] = False
+    return kw
+
+
+def _load(args):
+    from .device import detect_device
+    from .runtime import load_model_folder
+
+    model, tokenizer = load_model_folder(args.model, device=args.device or detect_device())
+    return model.eval(), tokenizer
+
+
+def run_generate(args) -> list[str]:
+    from transformers import set_seed
+
+    model, tokenizer = _load(args)
+    set_seed(args.seed)
+    texts = []
+    for i in range(args.num_samples):
+        if args.num_samples > 1:
+            print(f"--- sample {i + 1}")
+        sys.stdout.write(args.prompt)
+        streamer = Utf8Streamer(tokenizer, out=sys.stdout)
+        generate_text(model, tokenizer, args.prompt, streamer=streamer, max_new_tokens=args.max_new_tokens,
+                      **sampling_kwargs(args))
+        texts.append(args.prompt + streamer.text)
+    return texts
+
+
+def chat_eos_ids(tokenizer, model) -> list[int]:
+    """Stop at the template's end-of-turn token and at eos."""
+    from .chat import end_of_turn_token
+
+    eot = end_of_turn_token(tokenizer)
+    ids = [tokenizer.convert_tokens_to_ids(eot)] if eot else []
+    cfg = model.generation_config.eos_token_id
+    ids += cfg if isinstance(cfg, list) else [cfg]
+    return [i for i in dict.fromkeys(ids) if i is not None]
+
+
+def run_chat(args, stdin=None) -> list[dict]:
+    """Interactive multi-turn chat. Commands: /reset clears the history, /exit (or Ctrl+D) quits. The oldest turns
+    are dropped when the conversation outgrows the model's context (the same rule as the server)."""
+    from transformers import set_seed
+
+    from .chat import fit_conversation, has_chat_template
+    from .errors import ConfigError
+
+    model, tokenizer = _load(args)
+    if not has_chat_template(tokenizer):
+        raise ConfigError(f"{args.model} has no chat template: it is a base model; instruction-tune it first "
+                          f"(recipes/sft.py) or use tinyllm generate")
+    set_seed(args.seed)
+    stdin = stdin or sys.stdin
+    eos = chat_eos_ids(tokenizer, model)
+    budget = max(_context(model) - args.max_new_tokens, _context(model) // 2)
+    messages: list[dict] = []
+    interactive = stdin.isatty()
+    if interactive:
+        print(f"Chatting with {args.model}. /reset clears the history, /exit quits.")
+    while True:
+        if interactive:
+            sys.stdout.write("you> ")
+            sys.stdout.flush()
+        line = stdin.readline()
+        if not line:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            messages = []
+            print("(history cleared)")
+            continue
+        messages.append({"role": "user", "content": line})
+        messages, dropped, prompt = fit_conversation(tokenizer, messages, budget)
+        if dropped:
+            print(f"(dropped the {dropped} oldest message(s) to fit the model's context of {_context(model)} tokens)")
+        sys.stdout.write("bot> ")
+        streamer = Utf8Streamer(tokenizer, out=sys.stdout)
+        generate_ids(model, prompt, min(args.max_new_tokens, _context(model) - len(prompt)), eos=eos,
+                     on_token=streamer.push, **sampling_kwargs(args))
+        streamer.finish()
+        messages.append({"role": "assistant", "content": streamer.text.strip()})
+    return messages
