@@ -39,9 +39,11 @@ def main() -> int:
 
     import torch
 
-    from tinyllm.generation import generate_text, load_for_generation, next_window
+    from tinyllm.generation import generate_text, next_window
+    from tinyllm.runtime import load_model_folder
 
-    model, tok = load_for_generation(a.model, "cpu")
+    model, tok = load_model_folder(a.model, device="cpu")
+    model.eval()
     ctx = getattr(model.config, "max_position_embeddings", None) or model.config.n_positions
     torch.manual_seed(0)
     rows = []

@@ -56,7 +56,6 @@ def main() -> int:
     from tinyllm.cli import run
     from tinyllm.config import DataArguments
     from tinyllm.data import build_lm_datasets
-    from tinyllm.modeling import count_parameters
     from tinyllm.runtime import load_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -97,7 +96,7 @@ def main() -> int:
     lm = build_lm_datasets(data, tok, seed=0)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    n = count_parameters(model)
+    n = model.num_parameters()
     if compile_:
         model = torch.compile(model)
     plain = plain_loop(model, lm.train, a.batch, a.baseline_steps, 20, 6e-4, device == "cuda", device,
@@ -113,11 +112,12 @@ def main() -> int:
     shape = f"{a.model_type} {config.num_hidden_layers}L/{config.hidden_size}, vocab {config.vocab_size:,}"
     rows = []
     for label, tps in (("plain PyTorch loop", plain), ("tinyllm recipe (Trainer)", ours)):
-        rows.append(f"| {name} | {shape} | {n:,} | {a.batch} x {ctx} | {label} | {tps:,.0f} | {tps * fatt / 1e12:.1f} | "
-                    f"{mfu(tps, fatt)} | {mfu(tps, f6n)} |")
+        rows.append(f"| {name} | {shape} | {n:,} | {a.batch} x {ctx} | {label} | {tps:,.0f} | "
+                    f"{tps * fatt / 1e12:.1f} | {mfu(tps, fatt)} | {mfu(tps, f6n)} |")
     table = "\n".join([head, *rows])
     notes = (f"framework overhead: {100 * (plain - ours) / plain:+.1f}% tokens/s vs the plain loop; peak used: "
-             f"{peak} TFLOP/s dense bf16; torch.compile: {compile_}; final train loss {results.get('train_loss', 0):.3f}"
+             f"{peak} TFLOP/s dense bf16; torch.compile: {compile_}; "
+             f"final train loss {results.get('train_loss', 0):.3f}"
              f"; recipe wall time incl. tokenizer, data, compile: {recipe_wall:.0f} s; tinyllm logged tokens/s: "
              + ", ".join(f"{r:,.0f}" for r in rates))
     print(table)

@@ -78,7 +78,7 @@ def main() -> int:
     from tinyllm.cli import run
     from tinyllm.config import DataArguments, ModelArguments
     from tinyllm.data import build_lm_datasets
-    from tinyllm.modeling import build_config, count_parameters
+    from tinyllm.modeling import build_config
     from tinyllm.runtime import load_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -115,9 +115,10 @@ def main() -> int:
     overhead = 100 * (plain - ours) / plain
     print(f"\n| device | model | params | batch x block | compile | plain PyTorch tok/s | tinyllm (Trainer) tok/s | "
           f"overhead |\n|---|---|---|---|---|---:|---:|---:|\n| {name} | {a.model_type} {a.preset} | "
-          f"{count_parameters(model):,} | {a.batch} x {a.block_size} | {a.compile} | {plain:,.0f} | {ours:,.0f} | "
+          f"{model.num_parameters():,} | {a.batch} x {a.block_size} | {a.compile} | {plain:,.0f} | {ours:,.0f} | "
           f"{overhead:+.1f}% |")
-    print(f"(tinyllm logged intervals: {', '.join(f'{r:,.0f}' for r in rates)}; total wall {time.time() - start:.0f} s)")
+    shown = ", ".join(f"{r:,.0f}" for r in rates)
+    print(f"(tinyllm logged intervals: {shown}; total wall {time.time() - start:.0f} s)")
     return 0
 
 

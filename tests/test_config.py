@@ -86,3 +86,32 @@ def test_every_shipped_yaml_parses(path):
     first_line = path.read_text().splitlines()[0]
     assert first_line.startswith("#"), "recipes open with a comment saying how to run them"
     assert f"recipes/{'sft' if command == 'sft' else 'pretrain'}.py" in path.read_text()
+
+
+def test_yaml_lists_and_mappings_survive(tmp_path):
+    """YAML values become parser defaults with their types: a list stays a list, a mapping a mapping, and the
+    command line still wins."""
+    from tinyllm.config import PretrainTrainingOptions
+
+    path = tmp_path / "run.yaml"
+    path.write_text("report_to: [tensorboard, none]\nlr_scheduler_kwargs: {min_lr_rate: 0.2}\nmax_steps: 7\n"
+                    "warmup_steps: 3\n")
+    types = [ModelArguments, DataArguments, TokenizerArguments, PretrainTrainingOptions]
+    *_, args = parse_args(types, ["--config", str(path), "--output_dir", str(tmp_path / "o")])
+    assert args.report_to == ["tensorboard", "none"]  # was ["tensorboard,none"] when YAML went through strings
+    assert args.lr_scheduler_kwargs == {"min_lr_rate": 0.2} and args.max_steps == 7 and args.warmup_steps == 3
+    *_, args = parse_args(types, ["--config", str(path), "--output_dir", str(tmp_path / "o"), "--max_steps", "9",
+                                  "--report_to", "none"])
+    assert args.max_steps == 9 and args.report_to == []  # transformers reads "none" as no integrations
+    path.write_text("max_steps: lots\n")
+    with pytest.raises(ConfigError, match="'max_steps' in .* must be of type int"):
+        parse_args(types, ["--config", str(path)])
+
+
+def test_python_callers_get_the_cpu_declaration():
+    """The device policy, not the command line, declares the CPU (DDP over gloo scales the loss right only then)."""
+    from tinyllm.device import detect_device
+    from tinyllm.training_args import PretrainingArguments
+
+    args = PretrainingArguments(output_dir="/tmp/x", report_to="none")
+    assert args.use_cpu is (detect_device() == "cpu")

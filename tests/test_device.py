@@ -76,7 +76,8 @@ def test_fused_adamw_choice_is_one_trainer_can_build(monkeypatch):
 
 
 @pytest.mark.parametrize("compile_, n_train, workers, drop, persistent", [
-    (True, 100, 4, True, True), (True, 10, 0, False, False), (False, 100, 4, False, False), (True, None, 2, False, True),
+    (True, 100, 4, True, True), (True, 10, 0, False, False), (False, 100, 4, False, False),
+    (True, None, 2, False, True),
 ])
 def test_compiled_runs_avoid_the_epoch_end_recompile(compile_, n_train, workers, drop, persistent):
     args = _args(torch_compile=compile_, per_device_train_batch_size=32, dataloader_num_workers=workers)

@@ -1,5 +1,5 @@
-"""Two CPU processes (accelerate launch --multi_gpu --num_processes 2, DDP over gloo) follow the same loss curve
-as one process with the same global batch; only the main process writes; the output folders match."""
+"""Two CPU processes (DDP over gloo, launched with the shipped accelerate configs exactly as the README says) follow
+the same loss curve as one process with the same global batch; only the main process writes; the folders match."""
 
 import json
 import os
@@ -16,13 +16,18 @@ TRAIN_RTOL = 1e-3
 EVAL_ATOL = 0.03
 
 
+pytestmark = pytest.mark.slow
+CONFIGS = REPO / "recipes" / "accelerate_configs"
+
+
 def _launch(nproc, script, args, out):
+    """1: the one-process config; 2: the README's multi_cpu.yaml command (accelerate launch --config_file ...)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    if nproc == 1:
-        cmd = [sys.executable, script]
-    else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
-               "--main_process_port", "29517" if "pretrain" in script else "29518", script, "--ddp_backend", "gloo"]
+    config = CONFIGS / ("cpu.yaml" if nproc == 1 else "multi_cpu.yaml")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    if nproc > 1:
+        cmd += ["--main_process_port", "29517" if "pretrain" in script else "29518"]
+    cmd += [script] + (["--ddp_backend", "gloo"] if nproc > 1 else [])
     res = subprocess.run(cmd + args + ["--output_dir", str(out)], cwd=REPO, capture_output=True, text=True,
                          env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]

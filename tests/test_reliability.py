@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 from helpers import REPO, TINY_MODEL_ARGS, assert_user_error, run_inprocess
 
@@ -39,6 +40,7 @@ def _complete_checkpoints(out):
     return sorted(p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").is_file())
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tokenizer_dir, capsys):
     steps, save = 80, 10
     code, _, err = run_inprocess(capsys, "pretrain", *_args(tokenizer_dir, tmp_path / "a", steps, save))
@@ -79,6 +81,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tokenizer_dir, 
     assert all(torch.equal(a[k], c[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path, tokenizer_dir):
     out = tmp_path / "run"
     proc = _popen(_args(tokenizer_dir, out, 100000, 100000) + ["--report_to", "tensorboard"])  # runs/ marks the start
@@ -161,10 +164,9 @@ def test_doctor_diagnoses_in_plain_words():
 
 def test_planner_warns_when_model_dwarfs_data():
     from tinyllm.config import DataArguments, ModelArguments
+    from tinyllm.modeling import build_config
     from tinyllm.plan import estimate
     from tinyllm.training_args import PretrainingArguments
-
-    from tinyllm.modeling import build_config
 
     cfg = build_config(ModelArguments(), 512, 64, 0, 1, 2)
     plan = estimate(cfg, DataArguments(block_size=64), PretrainingArguments(report_to="none"),
@@ -204,9 +206,10 @@ def test_hub_token_never_written_or_logged(tmp_path, tokenizer_dir, capsys, monk
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
     assert (out / "checkpoint-4" / "training_args.bin").is_file()  # the saved arguments were checked too
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+    assert os.environ.get("HF_TOKEN") != secret  # not put into the process environment either
 
 
+@pytest.mark.slow
 def test_same_seed_same_loss_curve(tmp_path, tokenizer_dir, capsys):
     curves = []
     for name, seed in (("x", 3), ("y", 3), ("z", 4)):
@@ -220,15 +223,28 @@ def test_same_seed_same_loss_curve(tmp_path, tokenizer_dir, capsys):
     assert curves[0] != curves[2]
 
 
-def test_loading_never_executes_checkpoint_code(tmp_path, capsys):
-    """A folder with only a pickle checkpoint and an auto_map to remote code is refused, not executed."""
+def test_loading_never_executes_checkpoint_code(tmp_path, capsys, bpe_tokenizer):
+    """A complete, loadable model folder (safetensors, tokenizer) whose config maps to remote code: refused with the
+    reason, and the code never runs. (With the auto_map check removed and trust_remote_code=True, transformers would
+    import evil.py and create the `pwned` file.)"""
+    from transformers import AutoModelForCausalLM
+
+    from tinyllm.config import ModelArguments
+    from tinyllm.modeling import build_config
+
     folder = tmp_path / "evil"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"],
-                                                    "auto_map": {"AutoModelForCausalLM": "evil.Model"}}))
+    cfg = build_config(ModelArguments(n_layer=1, n_embd=32, n_head=2), len(bpe_tokenizer), 32,
+                       bpe_tokenizer.bos_token_id, bpe_tokenizer.eos_token_id, bpe_tokenizer.pad_token_id)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    bpe_tokenizer.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.Config", "AutoModelForCausalLM": "evil.Model"}
+    (folder / "config.json").write_text(json.dumps(config))
     (folder / "evil.py").write_text(f"open({str(tmp_path / 'pwned')!r}, 'w').write('x')\n")
-    (folder / "pytorch_model.bin").write_bytes(b"not a real pickle")
-    code, _, err = run_inprocess(capsys, "generate", "--model", folder)
-    assert code != 0 and "Traceback" not in err
+    for command in ("generate", "eval", "sft"):
+        flag = "--model_name_or_path" if command == "sft" else "--model"
+        code, _, err = run_inprocess(capsys, command, flag, folder, "--output_dir" if command == "sft" else "--seed",
+                                     tmp_path / "o" if command == "sft" else "0")
+        assert_user_error(code, err, "custom code")
     assert not (tmp_path / "pwned").exists()
     assert os.environ.get("HF_HUB_OFFLINE") == "1"

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from helpers import run_python, assert_user_error, run_inprocess
+from helpers import assert_user_error, run_inprocess, run_python
 from tinyllm.sft_data import row_to_messages, tokenize_conversation
 from tinyllm.tokenizer import IM_END
 
@@ -121,20 +121,28 @@ def test_merged_model_matches_adapter_and_base_stayed_frozen(sft_run, base_llama
 
 
 def test_lora_freezes_base_and_trains_chat_token_rows(base_llama, bpe_tokenizer):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    """tinyllm's LoRA builder: only adapter weights and the chat tokens' embedding rows are trainable."""
+    from types import SimpleNamespace
 
-    from tinyllm.sft import lora_targets
+    from tinyllm.sft import build_lora_model, chat_token_ids, load_base
 
-    model = AutoModelForCausalLM.from_pretrained(base_llama)
-    ids = [bpe_tokenizer.convert_tokens_to_ids(t) for t in ("<|im_start|>", IM_END)]
-    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=lora_targets("llama", None),
-                                                  trainable_token_indices=ids, task_type="CAUSAL_LM"))
+    model, tok = load_base(str(base_llama))
+    lora = SimpleNamespace(use_lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=None,
+                           train_chat_token_embeddings=True)
+    ids = chat_token_ids(tok)
+    assert ids == [tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", IM_END)]
+    peft_model = build_lora_model(model, lora, ids)
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "trainable_tokens" in n for n in trainable)
+    targets = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable if "lora_A" in n}
+    assert targets == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert any("trainable_tokens" in n for n in trainable)
+    no_rows = build_lora_model(load_base(str(base_llama))[0], SimpleNamespace(**{**vars(lora),
+                               "train_chat_token_embeddings": False}), ids)
+    assert not any("trainable_tokens" in n for n, p in no_rows.named_parameters() if p.requires_grad)
 
 
+@pytest.mark.slow
 def test_pipeline_chats_in_fresh_process(sft_run, tmp_path):
     code = (
         "import sys\nfrom transformers import pipeline\n"
@@ -147,6 +155,7 @@ def test_pipeline_chats_in_fresh_process(sft_run, tmp_path):
     assert run_python(code, tmp_path).strip().endswith("ok")
 
 
+@pytest.mark.slow
 def test_chat_command_multi_turn(sft_run):
     res = subprocess.run([sys.executable, "-m", "tinyllm", "chat", "--model", str(sft_run), "--max_new_tokens", "6"],
                          input="What does a cat say?\n/reset\n猫怎么叫？\n/exit\n", capture_output=True, text=True)
@@ -201,3 +210,48 @@ def test_bad_inputs(base_llama, tmp_path, capsys, bpe_tokenizer):
         if "missing" in str(extra[-1]):
             assert "Alpaca" in line and "messages" in line  # names the accepted layouts
     assert not (tmp_path / "o").exists()
+
+
+def test_long_chats_drop_the_oldest_turns_to_fit(bpe_tokenizer):
+    """The rule the chat command and the server share: keep the system message and the last user turn, drop the
+    oldest turns until the prompt fits."""
+    from tinyllm.chat import encode_chat, fit_conversation
+
+    msgs = [{"role": "system", "content": "Be kind."}]
+    for i in range(10):
+        msgs += [{"role": "user", "content": f"Question {i}: what does a cat say?"},
+                 {"role": "assistant", "content": "A cat says meow."}]
+    msgs.append({"role": "user", "content": "And a dog?"})
+    full = len(encode_chat(bpe_tokenizer, msgs))
+    kept, dropped, ids = fit_conversation(bpe_tokenizer, msgs, budget=full // 3)
+    assert len(ids) <= full // 3 and dropped > 0
+    assert kept[0] == msgs[0] and kept[-1] == msgs[-1] and kept[1]["role"] == "user"
+    assert ids == encode_chat(bpe_tokenizer, kept)
+    assert fit_conversation(bpe_tokenizer, msgs, budget=full) == (msgs, 0, encode_chat(bpe_tokenizer, msgs))
+
+
+@pytest.mark.parametrize("style", ["chatml", "zephyr", "llama3"])
+def test_label_mask_without_generation_markers(bpe_tokenizer, style):
+    """Templates without {% generation %} markers (most models' own) still supervise exactly each answer and its
+    end-of-turn token."""
+    import copy
+
+    templates = {
+        "chatml": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+        "zephyr": "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+                  "{% if add_generation_prompt %}<|assistant|>\n{% endif %}",
+        "llama3": "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}<|im_end|>\n\n"
+                  "{{ m['content'] | trim }}<|pad|>{% endfor %}",
+    }
+    eot = {"chatml": IM_END, "zephyr": bpe_tokenizer.eos_token, "llama3": "<|pad|>"}[style]
+    tok = copy.deepcopy(bpe_tokenizer)
+    tok.chat_template = templates[style]
+    msgs = [{"role": "user", "content": "猫怎么叫？"}, {"role": "assistant", "content": "猫会说喵喵。"},
+            {"role": "user", "content": "And a dog?"}, {"role": "assistant", "content": "A dog says woof."}]
+    ids, labels = tokenize_conversation(tok, msgs)
+    supervised = tok.decode([t for t, lab in zip(ids, labels) if lab != -100])
+    assert supervised == "猫会说喵喵。" + eot + "A dog says woof." + eot
+    from tinyllm.chat import end_of_turn_token
+
+    assert end_of_turn_token(tok) == eot

@@ -152,7 +152,8 @@ def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
             return str(value).lower() in ("true", "yes", "1")
         raise bad
     if hint is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit())):
+        digits = isinstance(value, str) and value.lstrip("-").isdigit()
+        if isinstance(value, bool) or not (isinstance(value, int) or digits):
             raise bad
         return int(value)
     if hint is float:
@@ -194,7 +195,8 @@ def parse_args(option_types: Sequence[type], argv: Sequence[str] | None = None, 
     if config_path:
         for key, value in load_yaml(config_path).items():
             if key not in hints:
-                raise ConfigError(f"unknown key '{key}' in {config_path}{suggest(key, names)}; see --help for valid keys")
+                raise ConfigError(f"unknown key '{key}' in {config_path}{suggest(key, names)}; see --help for valid "
+                                  f"keys")
             defaults[key] = _coerce(key, value, hints[key], config_path)
     for arg in cli:
         if arg.startswith("--"):

@@ -37,7 +37,9 @@ class DataArguments:
     validation_split_name: Optional[str] = field(
         default=None, metadata={"help": "Use this split of an HF dataset for validation instead of a held-out slice."}
     )
-    text_column: Optional[str] = field(default=None, metadata={"help": "Column/field holding the text (auto-detected)."})
+    text_column: Optional[str] = field(
+        default=None, metadata={"help": "Column/field holding the text (auto-detected)."}
+    )
     validation_split_percentage: float = field(
         default=5.0, metadata={"help": "Percent of documents held out for validation when no split is given."}
     )
@@ -48,7 +50,9 @@ class DataArguments:
     streaming: bool = field(default=False, metadata={"help": "Stream the corpus instead of loading it in memory."})
     preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for datasets.map."})
     builtin_num_documents: int = field(default=20000, metadata={"help": "Documents in the built-in corpus."})
-    builtin_languages: str = field(default="en,zh", metadata={"help": "Languages of the built-in corpus: en, zh or en,zh."})
+    builtin_languages: str = field(
+        default="en,zh", metadata={"help": "Languages of the built-in corpus: en, zh or en,zh."}
+    )
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Where corpora and processed data are cached."})
 
     def __post_init__(self):
@@ -67,7 +71,9 @@ class TokenizerArguments:
     tokenizer_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "A saved tokenizer folder. Empty: train one on the corpus first."}
     )
-    tokenizer_type: str = field(default="bpe", metadata={"help": "bpe (byte-level BPE) or char (one token per character)."})
+    tokenizer_type: str = field(
+        default="bpe", metadata={"help": "bpe (byte-level BPE) or char (one token per character)."}
+    )
     vocab_size: int = field(default=8000, metadata={"help": "Vocabulary size for BPE, special tokens included."})
     min_frequency: int = field(default=2, metadata={"help": "Minimum pair frequency for a BPE merge."})
     tokenizer_max_documents: Optional[int] = field(
@@ -94,8 +100,12 @@ class ModelArguments:
     n_layer: Optional[int] = field(default=None, metadata={"help": "Override the preset's number of layers."})
     n_head: Optional[int] = field(default=None, metadata={"help": "Override the preset's attention heads."})
     n_embd: Optional[int] = field(default=None, metadata={"help": "Override the preset's hidden size."})
-    n_kv_head: Optional[int] = field(default=None, metadata={"help": "Key/value heads (llama, grouped-query attention)."})
-    intermediate_size: Optional[int] = field(default=None, metadata={"help": "MLP width (default: 4x, or 8/3x for llama)."})
+    n_kv_head: Optional[int] = field(
+        default=None, metadata={"help": "Key/value heads (llama, grouped-query attention)."}
+    )
+    intermediate_size: Optional[int] = field(
+        default=None, metadata={"help": "MLP width (default: 4x, or 8/3x for llama)."}
+    )
     dropout: float = field(default=0.0, metadata={"help": "Dropout probability."})
     tie_word_embeddings: bool = field(default=True, metadata={"help": "Share input and output embeddings."})
     config_overrides: Optional[str] = field(
@@ -108,7 +118,8 @@ class ModelArguments:
 
         if self.model_type not in ("llama", "gpt2"):
             raise ConfigError(
-                f"model_type must be 'llama' or 'gpt2', got '{self.model_type}'" + suggest(self.model_type, ["llama", "gpt2"])
+                f"model_type must be 'llama' or 'gpt2', got '{self.model_type}'"
+                + suggest(self.model_type, ["llama", "gpt2"])
             )
         from .modeling import PRESETS
 
@@ -125,7 +136,8 @@ class LoraArguments:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA path."})
     lora_target_modules: Optional[str] = field(
-        default=None, metadata={"help": "Comma-separated module names (default: all linear layers of the architecture)."}
+        default=None,
+        metadata={"help": "Comma-separated module names (default: all linear layers except the output head)."},
     )
     train_chat_token_embeddings: bool = field(
         default=True, metadata={"help": "Train the chat tokens' embedding rows (peft trainable_token_indices)."}
@@ -140,7 +152,9 @@ class SFTDataArguments:
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "HF dataset configuration name."})
     dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
     validation_split_name: Optional[str] = field(default=None, metadata={"help": "Split to evaluate on."})
-    validation_split_percentage: float = field(default=10.0, metadata={"help": "Held-out percent when no split is given."})
+    validation_split_percentage: float = field(
+        default=10.0, metadata={"help": "Held-out percent when no split is given."}
+    )
     max_seq_length: int = field(default=256, metadata={"help": "Longer examples are truncated or dropped."})
     truncation: str = field(default="drop", metadata={"help": "What to do with over-long examples: drop or truncate."})
     system_prompt: Optional[str] = field(default=None, metadata={"help": "Optional system message for every example."})
@@ -153,7 +167,8 @@ class SFTDataArguments:
 
         if self.truncation not in ("drop", "truncate"):
             raise ConfigError(
-                f"truncation must be 'drop' or 'truncate', got '{self.truncation}'" + suggest(self.truncation, ["drop", "truncate"])
+                f"truncation must be 'drop' or 'truncate', got '{self.truncation}'"
+                + suggest(self.truncation, ["drop", "truncate"])
             )
 
 
@@ -162,8 +177,12 @@ class GenerationArguments:
     model: str = field(default="outputs/quickstart", metadata={"help": "A saved model folder (or Hub id if cached)."})
     prompt: str = field(default="", metadata={"help": "Text to continue."})
     max_new_tokens: int = field(default=200, metadata={"help": "Tokens to generate."})
-    temperature: Optional[float] = field(default=None, metadata={"help": "Sampling temperature (default: the model's)."})
-    top_k: Optional[int] = field(default=None, metadata={"help": "Keep the k most likely tokens (default: the model's)."})
+    temperature: Optional[float] = field(
+        default=None, metadata={"help": "Sampling temperature (default: the model's)."}
+    )
+    top_k: Optional[int] = field(
+        default=None, metadata={"help": "Keep the k most likely tokens (default: the model's)."}
+    )
     top_p: Optional[float] = field(default=None, metadata={"help": "Nucleus sampling mass (default: the model's)."})
     repetition_penalty: Optional[float] = field(default=None, metadata={"help": "Penalty > 1 discourages repeats."})
     num_samples: int = field(default=1, metadata={"help": "How many samples to print."})
@@ -189,7 +208,9 @@ class RunDefaults:
                                                              "fp32 on CPU/MPS), fp32, bf16 or fp16."})
     license: str = field(default="apache-2.0", metadata={"help": "License written into the model card."})
     plot_loss: bool = field(default=True, metadata={"help": "Save loss_curve.png in the output folder."})
-    gen_temperature: float = field(default=0.8, metadata={"help": "Sampling temperature stored in generation_config.json."})
+    gen_temperature: float = field(
+        default=0.8, metadata={"help": "Sampling temperature stored in generation_config.json."}
+    )
     gen_top_k: int = field(default=50, metadata={"help": "top_k stored in generation_config.json."})
     gen_top_p: float = field(default=0.95, metadata={"help": "top_p stored in generation_config.json."})
     gen_repetition_penalty: float = field(default=1.1, metadata={"help": "Repetition penalty stored in "
@@ -267,7 +288,9 @@ class SFTTrainingOptions(RunDefaults):
 
 @dataclass
 class SFTModelArguments:
-    model_name_or_path: str = field(default="outputs/quickstart", metadata={"help": "Pretrained tinyllm/HF model folder."})
+    model_name_or_path: str = field(
+        default="outputs/quickstart", metadata={"help": "Pretrained tinyllm/HF model folder."}
+    )
 
 
 @dataclass

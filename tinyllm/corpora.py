@@ -68,9 +68,11 @@ NAMED_CORPORA: dict[str, list[CorpusFile]] = {
                    "eabb21959aaeb78f91edcb0263b1e5b175d088d4e73b4530a07ab05e75031e99"),
         CorpusFile("chinese_poetry/poet.tang.0.simplified.json", f"{_POETRY_PR412}/{_q('全唐诗/poet.tang.0.json')}",
                    "5b88333738b3468b58d954bf8a4adabb827ac3068085b6908343fef402b7f0ff"),
-        CorpusFile("chinese_poetry/poet.tang.1000.simplified.json", f"{_POETRY_PR412}/{_q('全唐诗/poet.tang.1000.json')}",
+        CorpusFile("chinese_poetry/poet.tang.1000.simplified.json",
+                   f"{_POETRY_PR412}/{_q('全唐诗/poet.tang.1000.json')}",
                    "dbe3d2dbe5501d4d0457a82481778d5b2e49dbf8d10c8244d6f462e08c8d7a9a"),
-        CorpusFile("chinese_poetry/poet.tang.2000.simplified.json", f"{_POETRY_PR412}/{_q('全唐诗/poet.tang.2000.json')}",
+        CorpusFile("chinese_poetry/poet.tang.2000.simplified.json",
+                   f"{_POETRY_PR412}/{_q('全唐诗/poet.tang.2000.json')}",
                    "38b8fb68a656c5f26322a5d378d9e9e8bc16c613ec5b2d05e920b19c83acffb0"),
         CorpusFile("chinese_poetry/songci300.json", f"{_POETRY_MASTER}/{_q('宋词/宋词三百首.json')}",
                    "ca5d74f7fdb9d5a6acc22a7c8b4395228cad4bb8be53df44c19ba83ab6983b20"),
@@ -166,7 +168,8 @@ def _record_text(rec: dict, text_column: str | None, where: str) -> str | None:
         raise DataError(f"{where}: expected a JSON object per record, got {type(rec).__name__}")
     if text_column:
         if text_column not in rec:
-            raise DataError(f"{where}: no field '{text_column}'{suggest(text_column, rec)}; fields are: {', '.join(rec)}")
+            raise DataError(f"{where}: no field '{text_column}'{suggest(text_column, rec)}; fields are: "
+                            f"{', '.join(rec)}")
         value = rec[text_column]
         return "\n".join(value) if isinstance(value, list) else (None if value is None else str(value))
     for key in TEXT_FIELDS:
@@ -312,7 +315,8 @@ def load_hf_split(dataset_name: str, config_name: str | None, split: str, stream
                                      cache_dir=cache_dir)
     except Exception as exc:  # datasets raises many types (ConnectionError, DatasetNotFoundError, ...)
         raise DataError(
-            f"could not load Hugging Face dataset '{dataset_name}' (split '{split}'): {first_line(exc)}. If you are offline, "
+            f"could not load Hugging Face dataset '{dataset_name}' (split '{split}'): {first_line(exc)}. "
+            f"If you are offline, "
             f"save it elsewhere (e.g. to jsonl/parquet) and pass the local path as --dataset_name"
         ) from None
 

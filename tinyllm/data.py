@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import DataArguments
-from .corpora import (hf_text_column, iter_documents, load_hf_split, resolve_corpus, split_documents,
-                      validation_count)
+from .corpora import hf_text_column, iter_documents, load_hf_split, resolve_corpus, split_documents, validation_count
 from .errors import DataError
 
 __all__ = ["LMData", "ValidationSet", "build_lm_datasets", "build_validation_set", "documents_dataset"]

@@ -21,8 +21,13 @@ _FAST_KEYS = {"do_sample", "temperature", "top_k", "top_p", "repetition_penalty"
 
 def fast_processors(model, kwargs: dict):
     """(logits processors, do_sample) that generate() would use for these settings, or None."""
-    from transformers.generation.logits_process import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
-                                                        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     if set(kwargs) - _FAST_KEYS or getattr(model.config, "is_encoder_decoder", False):
         return None

@@ -162,7 +162,8 @@ def write_model_card(folder: Path, card: CardInfo) -> None:
     evals = ""
     if card.eval_results:
         evals = "\n## Evaluation\n\n| task | dataset | metric | value |\n|---|---|---|---:|\n" + "\n".join(
-            f"| {r.get('task_name') or ''} | {r['dataset']} | {r.get('metric_name') or r['metric']} | {_fmt(r['value'])} |"
+            f"| {r.get('task_name') or ''} | {r['dataset']} | {r.get('metric_name') or r['metric']} | "
+            f"{_fmt(r['value'])} |"
             for r in card.eval_results) + "\n"
     text = ModelCard.from_template(
         data, template_str=_CARD_TEMPLATE, title=card.title, description=card.description,
@@ -196,6 +197,7 @@ def push_folder(folder: Path, repo_id: str | None, private: bool | None = None, 
                                  ignore_patterns=["checkpoint-*/**", "runs/**", ".*", "training_args.bin"],
                                  commit_message="Upload model trained with tinyllm")
     except Exception as exc:  # network, auth and HTTP errors come in many types
-        raise TinyLLMError(f"could not push {folder} to the Hub repo '{repo_id}': {first_line(exc)}. The model is saved "
+        raise TinyLLMError(f"could not push {folder} to the Hub repo '{repo_id}': {first_line(exc)}. The model is "
+                           f"saved "
                            f"locally; check your network and `hf auth login`, then run: hf upload {repo_id} {folder}")
     return str(getattr(info, "commit_url", "") or f"https://huggingface.co/{repo_id}")

@@ -43,7 +43,8 @@ def print_presets() -> None:
 
 def describe_presets() -> str:
     rows = [f"{'preset':<11} {'layers':>6} {'heads':>5} {'width':>5} {'context':>7}  note"]
-    rows += [f"{k:<11} {p.n_layer:>6} {p.n_head:>5} {p.n_embd:>5} {p.block_size:>7}  {p.note}" for k, p in PRESETS.items()]
+    rows += [f"{k:<11} {p.n_layer:>6} {p.n_head:>5} {p.n_embd:>5} {p.block_size:>7}  {p.note}"
+             for k, p in PRESETS.items()]
     return "\n".join(rows)
 
 

@@ -32,11 +32,12 @@ def write_run_report(staging: Path, final: Path, *, summary: dict, metrics: dict
                      tokens_per_step: int | None = None, data: dict | None = None, seed: int | None = None) -> None:
     """Write run_summary.json and report.md into `staging` (the folder that becomes `final`). `data` (the run's
     DataArguments) and `seed` let `tinyllm eval` score the same held-out documents the run validated on."""
-    data = {"name": final.name, "data": data, "seed": seed, "summary": summary, "metrics": {k: v for k, v in metrics.items()
-                                                                if isinstance(v, (int, float, str)) or v is None},
+    kept = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}
+    data = {"name": final.name, "data": data, "seed": seed, "summary": summary, "metrics": kept,
             "tokenizer": tok_report, "samples": samples or [], "tokens_per_step": tokens_per_step,
             "validation_curve": _curve(log_history or [], tokens_per_step)}
-    (staging / SUMMARY_FILE).write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n"
+    (staging / SUMMARY_FILE).write_text(text, encoding="utf-8")
     evals = final / EVAL_FILE  # an earlier `tinyllm eval` of a run being resumed
     render_report(staging, evals_from=evals if evals.is_file() else None)
 

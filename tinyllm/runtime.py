@@ -132,7 +132,8 @@ def resolve_resume(value, output_dir: str) -> str | None:
                               f"it, or give a checkpoint folder path")
         return last
     if not Path(value).is_dir():
-        raise ConfigError(f"checkpoint not found: {value}; give an existing checkpoint-N folder or 'true' for the newest")
+        raise ConfigError(f"checkpoint not found: {value}; give an existing checkpoint-N folder or 'true' for the "
+                          f"newest")
     return str(value)
 
 

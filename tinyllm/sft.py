@@ -74,7 +74,8 @@ def build_lora_model(base, lora, trainable_token_ids: list[int]):
     cfg = LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
                      target_modules=lora_targets(base.config.model_type, lora.lora_target_modules),
                      task_type="CAUSAL_LM", fan_in_fan_out=base.config.model_type == "gpt2",
-                     trainable_token_indices=(trainable_token_ids or None) if lora.train_chat_token_embeddings else None)
+                     trainable_token_indices=(trainable_token_ids or None) if lora.train_chat_token_embeddings
+                     else None)
     with warnings.catch_warnings():
         # peft 0.21 calls transformers' deprecated `is_gradient_checkpointing`; not the user's concern
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -269,7 +270,8 @@ def _save_sft(trainer, run: SFTRun) -> None:
             diff = merge_check(ref_logits, merged, sample)
             metrics["merge_max_abs_logit_diff"] = diff
             if not diff < 1e-3:
-                raise TinyLLMError(f"merged and adapter logits disagree (max diff {diff:.2e}); nothing was saved. Retry "
+                raise TinyLLMError(f"merged and adapter logits disagree (max diff {diff:.2e}); nothing was saved. "
+                                   f"Retry "
                                    f"with --use_lora false, or report this with --debug output")
         else:
             merged = model

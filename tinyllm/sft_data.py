@@ -43,7 +43,8 @@ def row_to_messages(row: dict, where: str, system_prompt: str | None = None) -> 
     elif "question" in row and "answer" in row:
         msgs = [{"role": "user", "content": str(row["question"])}, {"role": "assistant", "content": str(row["answer"])}]
     elif "prompt" in row and "completion" in row:
-        msgs = [{"role": "user", "content": str(row["prompt"])}, {"role": "assistant", "content": str(row["completion"])}]
+        msgs = [{"role": "user", "content": str(row["prompt"])},
+                {"role": "assistant", "content": str(row["completion"])}]
     else:
         raise DataError(f"{where}: row has fields {sorted(row)} but no known layout; accepted layouts: {LAYOUTS}")
     answers = [m for m in msgs if m["role"] == "assistant"]
@@ -154,7 +155,8 @@ def build_sft_datasets(data, tokenizer, seed: int = 0) -> SFTData:
     stats = {"train_examples": len(train), "eval_examples": len(val), "dropped_too_long": dropped + vdropped,
              "truncated": truncated + vtruncated,
              "supervised_tokens": sum(sum(1 for x in e["labels"] if x != -100) for e in train)}
-    return SFTData(datasets.Dataset.from_list(train), datasets.Dataset.from_list(val) if val else None, val_convs, stats)
+    val_ds = datasets.Dataset.from_list(val) if val else None
+    return SFTData(datasets.Dataset.from_list(train), val_ds, val_convs, stats)
 
 
 class SFTCollator:

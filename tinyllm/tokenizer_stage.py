@@ -66,7 +66,8 @@ def _report_markdown(r: dict) -> str:
              f"- corpus: {r['dataset_name']}", f"- training time: {r['train_seconds']} s", ""]
     rows = ([("all", r["heldout"])] if r["heldout"] else []) + list(r["per_language"].items())
     if rows:
-        lines += ["Held-out compression:", "", "| slice | documents | characters | tokens | chars/token | bytes/token |",
+        lines += ["Held-out compression:", "",
+                  "| slice | documents | characters | tokens | chars/token | bytes/token |",
                   "|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {k} | {v['documents']} | {v['characters']} | {v['tokens']} | {v['chars_per_token']} | "
                   f"{v['bytes_per_token']} |" for k, v in rows]
