@@ -12,7 +12,8 @@ ChatML, `</s>` in Zephyr/TinyLlama, `<|eot_id|>` in Llama 3).
 
 from __future__ import annotations
 
-__all__ = ["encode_chat", "encode_for_training", "end_of_turn_token", "fit_conversation", "has_chat_template"]
+__all__ = ["encode_chat", "encode_for_training", "end_of_turn_token", "fit_conversation", "has_chat_template",
+           "is_chat_model"]
 
 _MARK = "\ue000{}\ue001"  # private-use characters: never part of real content, survive every template filter
 
@@ -117,3 +118,14 @@ def fit_conversation(tokenizer, messages: list[dict], budget: int) -> tuple[list
     if len(ids) > budget:
         ids = ids[-budget:]
     return system + rest, dropped, ids
+
+
+def is_chat_model(model, tokenizer) -> bool:
+    """An instruction-tuned model: a chat template, and generation stops at the template's end-of-turn token.
+    (tinyllm's base models carry the template in their tokenizer too, but stop only at eos.)"""
+    if not has_chat_template(tokenizer):
+        return False
+    eot = end_of_turn_token(tokenizer)
+    eos = model.generation_config.eos_token_id
+    eos = eos if isinstance(eos, (list, tuple)) else [eos]
+    return eot is not None and tokenizer.convert_tokens_to_ids(eot) in eos

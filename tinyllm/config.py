@@ -315,7 +315,8 @@ class EvalArguments:
     output: Optional[str] = field(default=None, metadata={"help": "Write the results as JSON here (default: "
                                                                   "MODEL/eval_results.json)."})
     device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, mps (default: best available)."})
-    seed: int = field(default=0, metadata={"help": "Random seed."})
+    seed: int = field(default=0, metadata={"help": "Random seed (and the built-in corpus's seed when the folder does "
+                                                    "not record its run's)."})
 
 
 @dataclass

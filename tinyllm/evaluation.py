@@ -124,11 +124,17 @@ def builtin_cloze_items(language: str) -> list[dict]:
 
 
 def score_choices(model, tokenizer, context: str, choices: list[str]) -> list[float]:
-    """Sum of log-probabilities of each continuation after the context (lm-evaluation-harness's loglikelihood)."""
+    """Sum of log-probabilities of each continuation after the context, split as lm-evaluation-harness splits
+    them (encode context + continuation whole, the continuation is what follows the context's tokens), with bos
+    first as in training."""
     import torch
 
     ctx = tokenizer(context)["input_ids"]
-    rows = [ctx + tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+    rows = []
+    for c in choices:
+        whole = tokenizer(context + c)["input_ids"]
+        rows.append(whole if whole[:len(ctx)] == ctx and len(whole) > len(ctx)
+                    else ctx + tokenizer(c, add_special_tokens=False)["input_ids"])
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
@@ -157,25 +163,36 @@ def builtin_cloze(model, tokenizer) -> list[dict]:
 
 # ---------------------------------------------------------------- lm-evaluation-harness
 
-def lm_eval_tasks(model, tokenizer, tasks: list[str], batch_size: int, limit: int | None,
-                  include_path: str | None) -> list[dict]:
+def task_manager(tasks: list[str], include_path: str | None):
+    """lm-evaluation-harness's TaskManager, after checking that every task name is known (before any work)."""
+    from .errors import suggest
+
     try:
-        import lm_eval
-        from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError:
-        raise ConfigError("lm-evaluation-harness is not installed; pip install -e \".[eval]\" (or pip install "
-                          "lm_eval)") from None
+        raise ConfigError(f"unknown task '{tasks[0]}'{suggest(tasks[0], BUILTIN_TASKS)}: built-in tasks are "
+                          f"{', '.join(BUILTIN_TASKS)}; lm-evaluation-harness tasks need pip install -e \".[eval]\"") \
+            from None
     manager = TaskManager(include_path=include_path) if include_path else TaskManager()
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
-        from .errors import suggest
-
         raise ConfigError(f"unknown task '{unknown[0]}'{suggest(unknown[0], list(BUILTIN_TASKS) + manager.all_tasks)}"
-                          f"; use bpb, builtin_cloze, sft or an lm_eval task name (lm_eval --tasks list)")
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+                          f"; use bpb, builtin_cloze, sft or an lm_eval task name (lm_eval ls tasks)")
+    return manager
+
+
+def lm_eval_tasks(model, tokenizer, tasks: list[str], manager, batch_size: int, limit: int | None) -> list[dict]:
+    """Run lm-evaluation-harness tasks through its HF model class (HFLM) wrapped around the loaded model."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    # add_bos_token: tinyllm's models saw bos before every document in training, so score with it
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+              add_bos_token=tokenizer.bos_token_id is not None and tokenizer("x")["input_ids"][0] ==
+              tokenizer.bos_token_id)
     try:
-        out = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, task_manager=manager, log_samples=False)
+        out = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, task_manager=manager, log_samples=False,
+                                      bootstrap_iters=1000)
     except Exception as exc:  # datasets raises many types when a task's data cannot be fetched
         text = first_line(exc)
         if any(w in text.lower() for w in ("offline", "connection", "couldn't reach", "resolve", "not found",
@@ -217,7 +234,7 @@ def _sft_metrics(model, tokenizer) -> list[dict]:
 def run_eval(args) -> dict:
     from transformers import set_seed
 
-    from .chat import has_chat_template
+    from .chat import is_chat_model
     from .device import detect_device
     from .report import SUMMARY_FILE, render_report
     from .runtime import load_model_folder
@@ -227,13 +244,16 @@ def run_eval(args) -> dict:
     set_seed(args.seed)
     run_file = Path(args.model) / SUMMARY_FILE
     run = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else {}
-    tasks = _tasks(args, has_chat_template(tokenizer), bool(run.get("data")))
+    chat = is_chat_model(model, tokenizer)
+    tasks = _tasks(args, chat, bool(run.get("data")))
     results: list[dict] = []
     harness = [t for t in tasks if t not in BUILTIN_TASKS]
+    manager = task_manager(harness, args.include_path) if harness else None
     for task in tasks:
         if task == "bpb":
             data = _eval_data_args(args, run)
-            scores = heldout_bits_per_byte(model, tokenizer, data, run.get("seed") or 0, args.batch_size)
+            seed = run["seed"] if run.get("seed") is not None else args.seed  # the built-in corpus depends on it
+            scores = heldout_bits_per_byte(model, tokenizer, data, seed, args.batch_size)
             for metric in ("bits_per_byte", "perplexity", "loss"):
                 results.append({"task": f"heldout:{data.dataset_name}", "metric": metric, "value": scores[metric],
                                 "n": scores["documents"]})
@@ -244,13 +264,14 @@ def run_eval(args) -> dict:
                 results.append(r)
                 print(f"{r['task']}: accuracy {r['value']:.3f} (chance {r['chance']:.2f}, {r['n']} questions)")
         elif task == "sft":
-            if not has_chat_template(tokenizer):
-                raise ConfigError(f"task 'sft' needs a chat model; {args.model} has no chat template")
+            if not chat:
+                raise ConfigError(f"task 'sft' needs a chat model (instruction-tuned with tinyllm sft); {args.model} "
+                                  f"is a base model")
             for r in _sft_metrics(model, tokenizer):
                 results.append(r)
                 print(f"{r['task']}: {r['metric']} {r['value']:.3f}")
     if harness:
-        for r in lm_eval_tasks(model, tokenizer, harness, args.batch_size, args.limit, args.include_path):
+        for r in lm_eval_tasks(model, tokenizer, harness, manager, args.batch_size, args.limit):
             results.append(r)
             print(f"{r['task']}: {r['metric']} {r['value']:.4f} (lm-evaluation-harness)")
     report = {"model": str(args.model), "tasks": tasks, "results": results}

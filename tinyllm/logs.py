@@ -40,6 +40,11 @@ def setup_logging(_objs=None) -> None:
     logger.setLevel(logging.INFO if is_main_process() else logging.WARNING)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
     os.environ.setdefault("DATASETS_VERBOSITY", "warning")
+    if not sys.stderr.isatty():
+        # a log file or CI: no carriage-return progress bars from the libraries (tinyllm logs plain progress lines)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
     if "transformers" in sys.modules:
         import transformers
 
