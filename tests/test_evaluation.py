@@ -149,6 +149,7 @@ def test_eval_bad_input(run_dir, tmp_path, capsys):
         (["--model", run_dir, "--tasks", "sft"], "needs a chat model"),
         (["--model", run_dir, "--tasks", "bpb", "--dataset_name", str(tmp_path / "none.txt")], "not found"),
     ]
+    cases.append((["--model", run_dir, "--tasks", "arc_easy"], "could not be loaded"))  # offline: no task data
     for argv, needle in cases:
         code, _, err = run_inprocess(capsys, "eval", *argv, "--output", tmp_path / "r.json")
         assert_user_error(code, err, needle)
