@@ -98,6 +98,7 @@ def test_sft_output_layout_and_metrics(sft_run):
     assert im_end in gen["eos_token_id"]
 
 
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # inside peft's loader
 def test_merged_model_matches_adapter_and_base_stayed_frozen(sft_run, base_llama):
     import torch
     from peft import AutoPeftModelForCausalLM

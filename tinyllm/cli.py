@@ -57,6 +57,8 @@ COMMANDS: dict[str, Command] = {
                     "tinyllm.plan:run_plan"),
     "eval": Command("evaluate a saved model: bits per byte, built-in tasks, lm-evaluation-harness tasks",
                     (c.EvalArguments,), "tinyllm.evaluation:run_eval"),
+    "serve": Command("serve a model: OpenAI-compatible API (/v1) and a web chat page (/)", (c.ServeArguments,),
+                     "tinyllm.serve:run_serve"),
     "report": Command("compare the runs in a folder side by side (Markdown table + plot)", (c.ReportArguments,),
                       "tinyllm.report:run_report"),
     "presets": Command("list the model size presets", (), "tinyllm.modeling:print_presets"),

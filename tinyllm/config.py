@@ -326,3 +326,16 @@ class ReportArguments:
     runs: str = field(default="outputs", metadata={"help": "A folder of run folders (or one run folder)."})
     output: Optional[str] = field(default=None, metadata={"help": "Markdown file to write (default: RUNS/report.md "
                                                                   "for several runs)."})
+
+
+@dataclass
+class ServeArguments:
+    """Serve a saved model: an OpenAI-compatible API and a web chat page."""
+
+    model: str = field(default="outputs/sft_quickstart", metadata={"help": "A saved model folder."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to bind (loopback by default)."})
+    port: int = field(default=8000, metadata={"help": "Port."})
+    api_key: Optional[str] = field(default=None, metadata={"help": "Require 'Authorization: Bearer KEY' on /v1."})
+    max_queue: int = field(default=8, metadata={"help": "Requests that may wait for the model; more get 503."})
+    max_tokens_cap: int = field(default=2048, metadata={"help": "Largest max_tokens a request may ask for."})
+    device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, mps (default: best available)."})
