@@ -140,3 +140,13 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
         assert_user_error(code, err, needle)
         assert not (tmp_path / "o").exists(), "nothing half-written"
     assert (existing / "keep.txt").read_text() == "precious"
+
+
+def test_new_bpe_tokenizers_use_a_pre_tokenizer_llama_cpp_implements(bpe_tokenizer):
+    """Llama 3's split (llama.cpp: llama-bpe), Han runs kept whole, whole-word vocabulary entries used as is."""
+    from tinyllm.export import gguf_pre_tokenizer
+
+    spec = json.loads(bpe_tokenizer.backend_tokenizer.to_str())
+    assert gguf_pre_tokenizer(spec, "here") == "llama-bpe"
+    pieces = bpe_tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str("床前明月光疑是地上霜，举头")
+    assert [offsets for _, offsets in pieces] == [(0, 10), (10, 13)]  # the whole Han run; then "，举头"

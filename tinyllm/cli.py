@@ -57,6 +57,8 @@ COMMANDS: dict[str, Command] = {
                     "tinyllm.plan:run_plan"),
     "eval": Command("evaluate a saved model: bits per byte, built-in tasks, lm-evaluation-harness tasks",
                     (c.EvalArguments,), "tinyllm.evaluation:run_eval"),
+    "export": Command("export a model to GGUF (llama.cpp, Ollama, LM Studio) with an Ollama Modelfile",
+                      (c.ExportArguments,), "tinyllm.export:run_export"),
     "serve": Command("serve a model: OpenAI-compatible API (/v1) and a web chat page (/)", (c.ServeArguments,),
                      "tinyllm.serve:run_serve"),
     "report": Command("compare the runs in a folder side by side (Markdown table + plot)", (c.ReportArguments,),

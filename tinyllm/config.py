@@ -339,3 +339,16 @@ class ServeArguments:
     max_queue: int = field(default=8, metadata={"help": "Requests that may wait for the model; more get 503."})
     max_tokens_cap: int = field(default=2048, metadata={"help": "Largest max_tokens a request may ask for."})
     device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, mps (default: best available)."})
+
+
+@dataclass
+class ExportArguments:
+    """Export a saved model to GGUF for llama.cpp, Ollama and LM Studio."""
+
+    model: str = field(default="outputs/quickstart",
+                       metadata={"help": "A saved model folder (merged, not an adapter)."})
+    format: str = field(default="gguf", metadata={"help": "Output format: gguf."})
+    outtype: str = field(default="f16", metadata={"help": "Weights: f32, f16 or q8_0."})
+    output: Optional[str] = field(default=None,
+                                  metadata={"help": "The .gguf file (default: MODEL/<name>-<outtype>.gguf)."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output file."})

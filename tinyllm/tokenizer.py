@@ -42,12 +42,18 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-# GPT-4 (cl100k) style split: contractions, letter runs, numbers of up to 3 digits, punctuation, newlines, and
-# spaces kept exact. Chinese characters come in pieces of at most 2, so BPE can still learn two-character words
-# (most Chinese words) while poetry lines do not become thousands of unique "words": on 3.8 MB of mixed
-# English/Chinese at vocab 8000 this trains 1.5x faster than whole Han runs for -1.5% chars/token
-# (benchmarks/tokenizer_bench.py).
+# The pre-tokenizer of new BPE tokenizers is Llama 3's (GPT-4 / cl100k style): contractions, letter runs,
+# numbers of up to 3 digits, punctuation, newlines, and spaces kept exact. llama.cpp implements exactly this split
+# (tokenizer.ggml.pre = "llama-bpe"), so exported GGUF files tokenize as transformers does; Chinese runs stay
+# whole and BPE merges inside them. Measured against the previous split (Han runs cut into pieces of at most 2,
+# which no llama.cpp pre-tokenizer does) in benchmarks/tokenizer_bench.py and benchmarks/RESULTS.md.
 SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+PRE_TOKENIZER_NAME = "llama3"  # what the tokenizer report says; GGUF calls it "llama-bpe"
+# tinyllm's split before 2026-11-30: still loads and trains models, but cannot be exported to GGUF faithfully
+LEGACY_SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?(?:\p{Han}{1,2}|[^\p{Han}\P{L}]+)|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
@@ -76,8 +82,9 @@ def _batches(docs, size: int = 1000):
 
 
 def train_tokenizer(docs: list[str], tokenizer_type: str = "bpe", vocab_size: int = 8000, min_frequency: int = 2,
-                    show_progress: bool = True):
-    """Train and return a `transformers.PreTrainedTokenizerFast`."""
+                    show_progress: bool = True, split_pattern: str = SPLIT_PATTERN):
+    """Train and return a `transformers.PreTrainedTokenizerFast`. `split_pattern` (BPE) exists for benchmarks
+    that compare pre-tokenizers; tinyllm always trains with SPLIT_PATTERN."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from .errors import ConfigError, DataError
@@ -96,9 +103,11 @@ def train_tokenizer(docs: list[str], tokenizer_type: str = "bpe", vocab_size: in
         if vocab_size < minimum:
             raise ConfigError(f"vocab_size {vocab_size} is smaller than the 256 byte symbols plus {len(SPECIALS)} "
                               f"special tokens; use --vocab_size {minimum} or more (e.g. 8000)")
-        tok = Tokenizer(models.BPE())
+        # ignore_merges: a whole pre-token that is itself a vocabulary entry is used as is (llama.cpp's llama-bpe
+        # tokenizer does the same, so both agree token for token)
+        tok = Tokenizer(models.BPE(ignore_merges=True))
         tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.Split(Regex(split_pattern), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])
         tok.decoder = decoders.ByteLevel()

@@ -55,14 +55,21 @@ def tokenizer_report(tokenizer, heldout: list[str], train_seconds: float, tokeni
         return {"documents": len(docs), "tokens": ntok, "characters": nchar, "bytes": nbyte,
                 "chars_per_token": round(nchar / max(ntok, 1), 3), "bytes_per_token": round(nbyte / max(ntok, 1), 3)}
 
-    report = {"tokenizer_type": tokenizer_type, "vocab_size": len(tokenizer), "dataset_name": dataset_name,
+    from .tokenizer import PRE_TOKENIZER_NAME
+
+    pre = ("one token per character" if tokenizer_type == "char" else
+           f"{PRE_TOKENIZER_NAME}: Llama 3's split (GPT-4 style), chosen because llama.cpp implements it exactly "
+           f"(GGUF tokenizer.ggml.pre = llama-bpe), so exported models tokenize as they do here")
+    report = {"tokenizer_type": tokenizer_type, "pre_tokenizer": pre, "vocab_size": len(tokenizer),
+              "dataset_name": dataset_name,
               "train_seconds": round(train_seconds, 2), "heldout": stats(heldout) if heldout else None,
               "per_language": {k: stats(v) for k, v in sorted(groups.items())} if len(groups) > 1 else {}}
     return report
 
 
 def _report_markdown(r: dict) -> str:
-    lines = ["# Tokenizer report", "", f"- type: {r['tokenizer_type']}", f"- vocab size: {r['vocab_size']}",
+    lines = ["# Tokenizer report", "", f"- type: {r['tokenizer_type']}",
+             f"- pre-tokenizer: {r.get('pre_tokenizer', 'n/a')}", f"- vocab size: {r['vocab_size']}",
              f"- corpus: {r['dataset_name']}", f"- training time: {r['train_seconds']} s", ""]
     rows = ([("all", r["heldout"])] if r["heldout"] else []) + list(r["per_language"].items())
     if rows:

@@ -1,0 +1,305 @@
+"""`tinyllm export --format gguf`: a model folder -> one GGUF file for llama.cpp, Ollama and LM Studio, plus an
+Ollama Modelfile.
+
+    tinyllm export --model outputs/sft_quickstart --format gguf                  # f16, next to the model
+    tinyllm export --model outputs/quickstart --format gguf --outtype q8_0 --output /tmp/quickstart.gguf
+
+Written with `gguf` (gguf-py, the library llama.cpp itself uses), not with llama.cpp's converter script, whose
+pre-tokenizer check refuses every freshly trained vocabulary. What is exported, and why it matches:
+
+- Llama (`LlamaForCausalLM`, grouped-query attention, tied or untied embeddings) as arch `llama`; GPT-2
+  (`GPT2LMHeadModel`) as arch `gpt2`. Merged SFT folders are plain Llama/GPT-2 folders and export the same way.
+- Query/key rows of each Llama head are reordered from transformers' rotary layout (the first half of a head's
+  dimensions paired with the second half) to llama.cpp's (neighbouring dimensions paired).
+- The tokenizer as `tokenizer.ggml.model = gpt2` (byte-level BPE): tokens, merges, token types (special tokens as
+  control tokens), bos/eos/pad ids, whether bos is added, and the chat template. `tokenizer.ggml.pre` names the
+  llama.cpp pre-tokenizer that splits text exactly as ours: `llama-bpe` for tinyllm's tokenizers (Llama 3's
+  split), `gpt2` for GPT-2's. Anything else is refused with the reason, never written approximately: tinyllm's
+  older tokenizers (Chinese cut into pieces of at most two characters) and char-level tokenizers (they map an
+  unseen character to <|unk|>, which a GGUF BPE vocabulary cannot express).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from .errors import ConfigError
+
+__all__ = ["OUTTYPES", "gguf_pre_tokenizer", "export_gguf", "write_modelfile", "run_export"]
+
+logger = logging.getLogger(__name__)
+OUTTYPES = ("f32", "f16", "q8_0")
+ARCHS = {"LlamaForCausalLM": "llama", "GPT2LMHeadModel": "gpt2"}
+GPT2_BYTELEVEL = "gpt2 byte-level"
+
+
+def gguf_pre_tokenizer(tokenizer_json: dict, where: str) -> str:
+    """The llama.cpp pre-tokenizer (tokenizer.ggml.pre) that splits text exactly as this tokenizer does."""
+    from .tokenizer import LEGACY_SPLIT_PATTERN, SPLIT_PATTERN
+
+    model = tokenizer_json.get("model") or {}
+    if model.get("type") != "BPE":
+        kind = "char-level" if model.get("type") == "WordLevel" else f"a {model.get('type')} model"
+        raise ConfigError(f"{where} has {kind} tokenizer: it maps characters it never saw to <|unk|>, which a GGUF "
+                          f"BPE vocabulary cannot express, so llama.cpp would tokenize differently; train the model "
+                          f"with a byte-level BPE tokenizer (--tokenizer_type bpe) to export it")
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [s.get("type") for s in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt2"
+    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True) and \
+            steps[0].get("behavior") == "Isolated" and not steps[0].get("invert"):
+        pattern = (steps[0].get("pattern") or {}).get("Regex")
+        if pattern == SPLIT_PATTERN:
+            if not model.get("ignore_merges"):
+                raise ConfigError(f"{where}: its BPE model does not use whole-word vocabulary entries "
+                                  f"(ignore_merges) as llama.cpp's llama-bpe does; retrain the tokenizer with this "
+                                  f"version of tinyllm to export")
+            return "llama-bpe"
+        if pattern == LEGACY_SPLIT_PATTERN:
+            raise ConfigError(f"{where} was trained by an older tinyllm whose pre-tokenizer cuts Chinese into pieces "
+                              f"of at most 2 characters, which no llama.cpp pre-tokenizer does; retrain the tokenizer "
+                              f"(and model) with this version to export it")
+    raise ConfigError(f"{where}: its pre-tokenizer ({' + '.join(map(str, kinds))}) matches no llama.cpp "
+                      f"pre-tokenizer exactly, so the GGUF file would tokenize differently; not exported")
+
+
+def _token_types(tokenizer, n_rows: int) -> tuple[list[str], list[int]]:
+    """GGUF token strings (byte-level form, as in tokenizer.json) and types for every embedding row."""
+    from gguf import TokenType
+
+    vocab = tokenizer.get_vocab()
+    by_id = {i: t for t, i in vocab.items()}
+    added = tokenizer.added_tokens_decoder
+    tokens, types = [], []
+    for i in range(n_rows):
+        if i in by_id:
+            tokens.append(by_id[i])
+            if i in added:
+                types.append(int(TokenType.CONTROL if added[i].special else TokenType.USER_DEFINED))
+            else:
+                types.append(int(TokenType.NORMAL))
+        else:  # embedding rows past the tokenizer (padded to a multiple of 64): never produced
+            tokens.append(f"[PAD{i}]")
+            types.append(int(TokenType.UNUSED))
+    return tokens, types
+
+
+def _rotary_to_interleaved(w, n_heads: int):
+    """Reorder the rows of a Llama q/k projection, head by head, from transformers' rotary layout (dimension j
+    paired with j + d/2) to llama.cpp's (dimension 2j paired with 2j + 1)."""
+    import numpy as np
+
+    rows, cols = w.shape
+    d = rows // n_heads
+    order = np.arange(d).reshape(2, d // 2).T.reshape(-1)  # 0, d/2, 1, d/2+1, ...
+    return w.reshape(n_heads, d, cols)[:, order, :].reshape(rows, cols)
+
+
+def _llama_tensors(sd: dict, cfg: dict):
+    n_head = cfg["num_attention_heads"]
+    n_kv = cfg.get("num_key_value_heads") or n_head
+    yield "token_embd.weight", sd["model.embed_tokens.weight"]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        yield f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"]
+        yield f"blk.{i}.attn_q.weight", _rotary_to_interleaved(sd[p + "self_attn.q_proj.weight"], n_head)
+        yield f"blk.{i}.attn_k.weight", _rotary_to_interleaved(sd[p + "self_attn.k_proj.weight"], n_kv)
+        yield f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"]
+        yield f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"]
+        yield f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"]
+        yield f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"]
+        yield f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"]
+        yield f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"]
+    yield "output_norm.weight", sd["model.norm.weight"]
+    if "lm_head.weight" in sd and not cfg.get("tie_word_embeddings", True):
+        yield "output.weight", sd["lm_head.weight"]
+
+
+def _gpt2_tensors(sd: dict, cfg: dict):
+    # GPT-2's Conv1D stores weights as (in, out); GGUF wants linear layers as (out, in)
+    pre = "transformer." if "transformer.wte.weight" in sd else ""
+    yield "token_embd.weight", sd[pre + "wte.weight"]
+    yield "position_embd.weight", sd[pre + "wpe.weight"]
+    for i in range(cfg["n_layer"]):
+        p = f"{pre}h.{i}."
+        for ours, theirs in (("attn_norm", "ln_1"), ("ffn_norm", "ln_2")):
+            yield f"blk.{i}.{ours}.weight", sd[p + theirs + ".weight"]
+            yield f"blk.{i}.{ours}.bias", sd[p + theirs + ".bias"]
+        for ours, theirs in (("attn_qkv", "attn.c_attn"), ("attn_output", "attn.c_proj"), ("ffn_up", "mlp.c_fc"),
+                             ("ffn_down", "mlp.c_proj")):
+            yield f"blk.{i}.{ours}.weight", sd[p + theirs + ".weight"].T
+            yield f"blk.{i}.{ours}.bias", sd[p + theirs + ".bias"]
+    yield "output_norm.weight", sd[pre + "ln_f.weight"]
+    yield "output_norm.bias", sd[pre + "ln_f.bias"]
+    if "lm_head.weight" in sd and not cfg.get("tie_word_embeddings", True):
+        yield "output.weight", sd["lm_head.weight"]
+
+
+def _convert(name: str, w, outtype: str):
+    """(array, raw dtype or None) in the requested type; norms, biases and position tables stay f32 (llama.cpp
+    computes them in f32), and q8_0 falls back to f16 for rows that are not a multiple of its 32-value block."""
+    import numpy as np
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if w.ndim < 2 or outtype == "f32" or name == "position_embd.weight":
+        return w, None
+    if outtype == "q8_0" and w.shape[-1] % 32 == 0:
+        return quantize(w, GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0
+    return w.astype(np.float16), None
+
+
+def export_gguf(model_dir: str, out_path: Path, outtype: str = "f16") -> dict:
+    """Write the GGUF file to `out_path` (the caller makes it atomic). Returns what was written."""
+    import gguf
+    from safetensors.numpy import load_file
+    from transformers import AutoTokenizer
+
+    from .runtime import check_model_folder
+
+    cfg = check_model_folder(model_dir)
+    arch_name = (cfg.get("architectures") or ["?"])[0]
+    if arch_name not in ARCHS:
+        raise ConfigError(f"{model_dir} is a {arch_name}; GGUF export supports {', '.join(ARCHS)}")
+    tok_json_path = Path(model_dir) / "tokenizer.json"
+    if not tok_json_path.is_file():
+        raise ConfigError(f"{model_dir} has no tokenizer.json; export needs the model's fast tokenizer")
+    pre = gguf_pre_tokenizer(json.loads(tok_json_path.read_text(encoding="utf-8")), str(model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    gen_path = Path(model_dir) / "generation_config.json"
+    gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
+    sd = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        sd.update(load_file(str(f)))
+    arch = ARCHS[arch_name]
+    w = gguf.GGUFWriter(str(out_path), arch)
+    name = Path(model_dir).resolve().name
+    w.add_name(name)
+    w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype])
+    if arch == "llama":
+        n_head = cfg["num_attention_heads"]
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
+        w.add_context_length(cfg["max_position_embeddings"])
+        w.add_embedding_length(cfg["hidden_size"])
+        w.add_block_count(cfg["num_hidden_layers"])
+        w.add_feed_forward_length(cfg["intermediate_size"])
+        w.add_head_count(n_head)
+        w.add_head_count_kv(cfg.get("num_key_value_heads") or n_head)
+        w.add_rope_dimension_count(head_dim)
+        w.add_rope_freq_base(float(cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta")
+                                   or 10000.0))
+        w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
+        if cfg.get("rope_scaling") or (cfg.get("rope_parameters") or {}).get("rope_type", "default") != "default":
+            raise ConfigError(f"{model_dir} uses rope scaling, which this exporter does not write yet")
+        tensors = _llama_tensors(sd, cfg)
+        n_vocab_rows = sd["model.embed_tokens.weight"].shape[0]
+    else:
+        w.add_context_length(cfg["n_positions"])
+        w.add_embedding_length(cfg["n_embd"])
+        w.add_block_count(cfg["n_layer"])
+        w.add_feed_forward_length(cfg.get("n_inner") or 4 * cfg["n_embd"])
+        w.add_head_count(cfg["n_head"])
+        w.add_layer_norm_eps(float(cfg.get("layer_norm_epsilon", 1e-5)))
+        tensors = _gpt2_tensors(sd, cfg)
+        n_vocab_rows = sd[("transformer." if "transformer.wte.weight" in sd else "") + "wte.weight"].shape[0]
+    w.add_vocab_size(n_vocab_rows)
+    # tokenizer
+    tokens, types = _token_types(tokenizer, n_vocab_rows)
+    tj = json.loads(tok_json_path.read_text(encoding="utf-8"))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"].get("merges", [])]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    adds_bos = tokenizer.bos_token_id is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+    if tokenizer.bos_token_id is not None:
+        w.add_bos_token_id(tokenizer.bos_token_id)
+    if tokenizer.eos_token_id is not None:
+        w.add_eos_token_id(tokenizer.eos_token_id)
+    if tokenizer.pad_token_id is not None:
+        w.add_pad_token_id(tokenizer.pad_token_id)
+    w.add_add_bos_token(adds_bos)
+    w.add_add_eos_token(False)
+    eos_ids = gen.get("eos_token_id")
+    eos_ids = eos_ids if isinstance(eos_ids, list) else [eos_ids]
+    eot = [i for i in eos_ids if i is not None and i != tokenizer.eos_token_id]
+    if eot:  # a chat model: its end-of-turn token ends generation in llama.cpp too
+        w.add_eot_token_id(eot[0])
+    if getattr(tokenizer, "chat_template", None):
+        w.add_chat_template(tokenizer.chat_template)
+    written = []
+    for tname, arr in tensors:
+        data, raw = _convert(tname, arr, outtype)
+        if raw is None:
+            w.add_tensor(tname, data)
+        else:
+            w.add_tensor(tname, data, raw_dtype=raw)
+        written.append(tname)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file(progress=False)
+    w.close()
+    return {"arch": arch, "pre": pre, "tensors": len(written), "vocab_rows": n_vocab_rows, "add_bos": adds_bos,
+            "eot": eot[0] if eot else None, "generation": gen, "chat": bool(eot) and bool(tokenizer.chat_template)}
+
+
+def write_modelfile(gguf_path: Path, info: dict, tokenizer_specials: dict) -> str:
+    """An Ollama Modelfile: FROM the GGUF, the ChatML TEMPLATE (chat models) or the plain prompt (base models),
+    stop strings and the sampling defaults from generation_config.json."""
+    gen = info["generation"]
+    lines = [f"# Ollama Modelfile written by tinyllm export. ollama create NAME -f {gguf_path.stem}.Modelfile",
+             f"FROM ./{gguf_path.name}", ""]
+    if info["chat"]:
+        lines += ['TEMPLATE """{{- if .System }}<|im_start|>system', "{{ .System }}<|im_end|>",
+                  "{{ end }}{{- range .Messages }}<|im_start|>{{ .Role }}", "{{ .Content }}<|im_end|>",
+                  '{{ end }}<|im_start|>assistant', '"""']
+    else:
+        lines += ['TEMPLATE """{{ .Prompt }}"""']
+    for stop in tokenizer_specials.get("stops", []):
+        lines.append(f'PARAMETER stop "{stop}"')
+    for key, ours in (("temperature", "temperature"), ("top_k", "top_k"), ("top_p", "top_p"),
+                      ("repeat_penalty", "repetition_penalty"), ("num_predict", "max_new_tokens")):
+        if gen.get(ours) is not None:
+            lines.append(f"PARAMETER {key} {gen[ours]}")
+    return "\n".join(lines) + "\n"
+
+
+def run_export(args) -> Path:
+    from transformers import AutoTokenizer
+
+    from .io import atomic_file
+    from .runtime import check_model_folder
+
+    if args.format != "gguf":
+        raise ConfigError(f"unknown --format '{args.format}'; the only format is gguf")
+    if args.outtype not in OUTTYPES:
+        from .errors import suggest
+
+        raise ConfigError(f"unknown --outtype '{args.outtype}'{suggest(args.outtype, OUTTYPES)}; use one of "
+                          f"{', '.join(OUTTYPES)}")
+    check_model_folder(args.model)
+    name = Path(args.model).resolve().name
+    out = Path(args.output) if args.output else Path(args.model) / f"{name}-{args.outtype}.gguf"
+    modelfile = out.with_suffix(".Modelfile")
+    with atomic_file(out, overwrite=args.overwrite) as tmp, atomic_file(modelfile, overwrite=True) as tmp_mf:
+        info = export_gguf(args.model, tmp, args.outtype)
+        tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)
+        stops = [tokenizer.convert_ids_to_tokens(info["eot"])] if info["eot"] is not None else []
+        if tokenizer.eos_token:
+            stops.append(tokenizer.eos_token)
+        tmp_mf.write_text(write_modelfile(out, info, {"stops": stops}), encoding="utf-8")
+    size = out.stat().st_size / 1e6
+    mode = "-cnv" if info["chat"] else '-p "Once upon a time"'
+    print(f"Wrote {out} ({size:.1f} MB, {info['arch']}, {args.outtype}, {info['tensors']} tensors, pre-tokenizer "
+          f"{info['pre']}) and {modelfile.name}\n"
+          f"  llama.cpp:  llama-cli -m {out} {mode}\n"
+          f"  Ollama:     cd {out.parent} && ollama create {name} -f {modelfile.name} && ollama run {name}\n"
+          f"  LM Studio:  lms import {out}   (or copy the file into LM Studio's models folder)")
+    return out
