@@ -41,7 +41,7 @@ def main() -> int:
 
     import sentencepiece as spm
 
-    from tinyllm.tokenizer import LEGACY_SPLIT_PATTERN, train_tokenizer
+    from tinyllm.tokenizer import LEGACY_SPLIT_PATTERN, SPLIT_PATTERN, train_tokenizer
 
     docs = load_corpus(Path(a.data_dir))
     random.Random(0).shuffle(docs)
@@ -63,8 +63,11 @@ def main() -> int:
     t_ours, tok = best(lambda: train_tokenizer(train, "bpe", a.vocab_size, show_progress=False))
     n_ours = sum(len(x) for x in tok(held, add_special_tokens=False)["input_ids"])
     t_old, old = best(lambda: train_tokenizer(train, "bpe", a.vocab_size, show_progress=False,
-                                              split_pattern=LEGACY_SPLIT_PATTERN))
+                                              encode_pattern=LEGACY_SPLIT_PATTERN))
     n_old = sum(len(x) for x in old(held, add_special_tokens=False)["input_ids"])
+    t_whole, whole = best(lambda: train_tokenizer(train, "bpe", a.vocab_size, show_progress=False,
+                                                  learn_pattern=SPLIT_PATTERN))
+    n_whole = sum(len(x) for x in whole(held, add_special_tokens=False)["input_ids"])
 
     def sp_train():
         spm.SentencePieceTrainer.train(
@@ -80,10 +83,12 @@ def main() -> int:
     print(f"\ncorpus: {len(train):,} documents, {size / 1e6:.2f} MB UTF-8 (English + Chinese), vocab {a.vocab_size}, "
           f"held-out {n_held:,} documents; best of {a.repeats} runs, {os.cpu_count()} cores\n")
     print("| tokenizer | train time (s) | held-out chars/token | exact round trip |\n|---|---:|---:|---|")
-    print(f"| tinyllm byte-level BPE, Llama 3 split (llama.cpp: llama-bpe) | {t_ours:.2f} | "
+    print(f"| tinyllm BPE (default): learn on Han pieces <= 2, encode Llama 3 split (llama-bpe) | {t_ours:.2f} | "
           f"{chars_held / n_ours:.3f} | {rt_ours} |")
-    print(f"| tinyllm byte-level BPE, previous split (Han runs cut to <= 2) | {t_old:.2f} | {chars_held / n_old:.3f} | "
-          f"True |")
+    print(f"| tinyllm BPE, learn and encode with the Llama 3 split (whole Han runs) | {t_whole:.2f} | "
+          f"{chars_held / n_whole:.3f} | True |")
+    print(f"| tinyllm BPE before: learn and encode on Han pieces <= 2 (no GGUF export) | {t_old:.2f} | "
+          f"{chars_held / n_old:.3f} | True |")
     print(f"| sentencepiece BPE (byte fallback) | {t_sp:.2f} | {chars_held / n_sp:.3f} | {rt_sp} |")
     print(f"\nspeed ratio (sentencepiece time / ours): {t_sp / t_ours:.2f}x; compression ratio (ours / sp): "
           f"{(chars_held / n_ours) / (chars_held / n_sp):.3f}")

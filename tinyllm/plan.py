@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["estimate", "run_plan", "DEVICE_TFLOPS"]
+__all__ = ["estimate", "run_plan", "device_memory", "DEVICE_TFLOPS"]
 
 # Sustained training throughput (TFLOP/s, model FLOPs as above). Measured: the 2-core CPU runs the shipped CPU
 # recipes at 78-83 GFLOP/s (tinystories 3.07M tokens in 357 s, shakespeare_char 1.54M in 104 s); an H200 (same
@@ -43,9 +43,22 @@ def _fmt_time(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
+def device_memory() -> tuple[str, int | None]:
+    """(what, bytes) of the memory a run here would train in: the GPU's, or the machine's RAM on CPU/MPS."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0), torch.cuda.mem_get_info()[1]
+    try:
+        return "RAM", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return "RAM", None
+
+
 def estimate(config, data, args, n_params: int, n_params_no_emb: int, train_tokens: int | None,
-             world_size: int = 1) -> dict:
-    """The plan for a model `config` (its shape is read from the config object) trained with `args` on `data`."""
+             world_size: int = 1, memory_limit: tuple[str, int | None] | None = None) -> dict:
+    """The plan for a model `config` (its shape is read from the config object) trained with `args` on `data`;
+    with `memory_limit` (what, bytes), a warning when the estimate does not fit, saying what to change."""
     n_layer, width, vocab = config.num_hidden_layers, config.hidden_size, config.vocab_size
     micro = args.per_device_train_batch_size
     tokens_per_step = micro * args.gradient_accumulation_steps * world_size * data.block_size
@@ -57,7 +70,11 @@ def estimate(config, data, args, n_params: int, n_params_no_emb: int, train_toke
     bytes_per_act = 2 if (args.bf16 or args.fp16) else 4
     # Per layer and token, a transformer block keeps ~34 * width activations for backward (Korthikanti et al.),
     # plus logits (and their gradient) of size vocab per token.
-    act = micro * data.block_size * (n_layer * 34 * width + 2 * vocab) * bytes_per_act
+    per_layer = 34 * width
+    if getattr(args, "gradient_checkpointing", False):  # keep each layer's input, recompute one layer at a time
+        act = micro * data.block_size * (n_layer * width + per_layer + 2 * vocab) * bytes_per_act
+    else:
+        act = micro * data.block_size * (n_layer * per_layer + 2 * vocab) * bytes_per_act
     state = n_params * 16
     memory = state + act
     flops = (6 * n_params + 12 * n_layer * width * data.block_size) * (total_tokens or 0)
@@ -83,6 +100,19 @@ def estimate(config, data, args, n_params: int, n_params_no_emb: int, train_toke
     if train_tokens and train_tokens / max(n_params, 1) < 1:
         warnings.append(f"the model has more parameters ({n_params:,}) than the corpus has tokens ({train_tokens:,}): "
                         f"it will memorise. Use a smaller --preset or more data")
+    if memory_limit and memory_limit[1] and memory > 0.9 * memory_limit[1]:
+        fixes = [f"--per_device_train_batch_size {max(1, micro // 4)} with --gradient_accumulation_steps "
+                 f"{args.gradient_accumulation_steps * (micro // max(1, micro // 4))} (activations "
+                 f"{_fmt_bytes(act)})", f"a shorter --block_size than {data.block_size}"]
+        if not getattr(args, "gradient_checkpointing", False):
+            fixes.append("--gradient_checkpointing true")
+        fixes.append("LoRA instead of full training (tinyllm sft --use_lora true; weights+grads+AdamW "
+                     f"{_fmt_bytes(state)} here)")
+        warnings.append(f"this will not fit: ~{_fmt_bytes(memory)} needed, {memory_limit[0]} has "
+                        f"{_fmt_bytes(memory_limit[1])}. Try " + "; ".join(fixes))
+        lines.append(f"{'fits in ' + memory_limit[0] + ':':<22}no")
+    elif memory_limit and memory_limit[1]:
+        lines.append(f"{'fits in ' + memory_limit[0] + ':':<22}yes ({_fmt_bytes(memory_limit[1])})")
     return {"tokens_per_step": tokens_per_step, "steps": steps, "total_tokens": total_tokens, "memory_bytes": memory,
             "flops": flops, "warnings": warnings, "text": "\n".join(lines + [f"warning: {w}" for w in warnings])}
 
@@ -94,11 +124,13 @@ def run_plan(model_args, data, tok_args, args) -> dict:
     from .modeling import build_config
     from .pretrain import resolve_block_size
 
+    if model_args.model_name_or_path:
+        from .runtime import check_model_folder, resolve_model_path
+
+        model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
+        check_model_folder(model_args.model_name_or_path)
     resolve_block_size(model_args, data)
     if model_args.model_name_or_path:
-        from .runtime import check_model_folder
-
-        check_model_folder(model_args.model_name_or_path)
         config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=False)
         what = f"continued from {model_args.model_name_or_path}, vocab {config.vocab_size}"
     else:
@@ -115,7 +147,7 @@ def run_plan(model_args, data, tok_args, args) -> dict:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     n, n_no_emb = model.num_parameters(), model.num_parameters(exclude_embeddings=True)
-    plan = estimate(config, data, args, n, n_no_emb, None, int(os.environ.get("WORLD_SIZE", "1")))
+    plan = estimate(config, data, args, n, n_no_emb, None, int(os.environ.get("WORLD_SIZE", "1")), device_memory())
     print(f"model:                {what}")
     print(plan["text"])
     return plan

@@ -49,6 +49,10 @@ def run_pretraining(model_args: ModelArguments, data: DataArguments, tok_args: T
 
     if args.max_steps <= 0 and data.streaming:
         raise ConfigError("streaming needs --max_steps > 0 (the corpus length is unknown)")
+    if model_args.model_name_or_path:  # continued pretraining: a local folder, or a Hub id downloaded once
+        from .runtime import resolve_model_path
+
+        model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
     run = PretrainRun(model_args, data, args)
     setup = prepare_run(args)
     run.tokenizer, run.tok_report = _prepare_tokenizer(model_args, data, tok_args, args)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .errors import ConfigError, TinyLLMError, first_line
 
-__all__ = ["Interrupted", "RunSetup", "load_tokenizer", "check_model_folder", "load_model_folder",
+__all__ = ["Interrupted", "RunSetup", "load_tokenizer", "resolve_model_path", "check_model_folder",
+           "load_model_folder",
            "find_last_checkpoint", "resolve_resume", "check_checkpoint_matches", "prepare_run",
            "train_with_recovery", "context_length"]
 
@@ -41,6 +42,23 @@ def load_tokenizer(path: str):
     except Exception as exc:  # many error types for broken files
         raise ConfigError(f"cannot load a tokenizer from {path} ({first_line(exc, 150)}); it needs tokenizer.json "
                           f"and tokenizer_config.json") from None
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder as is; a Hub id ("org/name") is downloaded once (safetensors, configs and tokenizer files
+    only: never pickled weights or code) into the Hugging Face cache. Offline, one line says what to do."""
+    p = Path(name_or_path).expanduser()
+    if p.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
+        return str(p)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt",
+                                                              "*.model", "tokenizer*"])
+    except Exception as exc:  # offline, unknown repo, gated repo, ...: many types
+        raise ConfigError(f"could not get '{name_or_path}' from the Hugging Face Hub ({first_line(exc, 150)}); "
+                          f"check the id and your connection, or download it elsewhere and pass the local folder"
+                          ) from None
 
 
 def check_model_folder(path: str | Path) -> dict:
@@ -73,23 +91,22 @@ def load_model_folder(path: str | Path, device: str | None = None, dtype=None, t
     """(model, tokenizer) from a saved folder with plain transformers: safetensors only, no remote code, fp32
     unless `dtype` says otherwise. `device=None` leaves the model on the CPU."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .modeling import check_vocab
 
     check_model_folder(path)
     tok = None
     try:
         if tokenizer:
             tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            check_vocab(tok, AutoConfig.from_pretrained(path, trust_remote_code=False), str(path))
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False,
                                                      dtype=dtype or torch.float32)
     except (ConfigError, KeyboardInterrupt):
         raise
     except Exception as exc:  # truncated/corrupt files raise many types
         raise ConfigError(f"cannot load the model in {path}: {first_line(exc)}") from None
-    if tok is not None:
-        from .modeling import check_vocab
-
-        check_vocab(tok, model.config, str(path))
     if device:
         model.to(device)
     return model, tok

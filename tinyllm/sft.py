@@ -29,30 +29,60 @@ LORA_TARGETS = {
 }
 
 
-def lora_targets(model_type: str, override: str | None) -> list[str]:
+def lora_targets(model, override: str | None) -> list[str]:
+    """--lora_target_modules, else the known names for GPT-2 / Llama, else every linear layer's name found in the
+    model except the output head (Qwen, SmolLM, TinyLlama, Phi, ... without a table here)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
     if override:
         return [x.strip() for x in override.split(",") if x.strip()]
-    if model_type not in LORA_TARGETS:
-        raise ConfigError(f"no default LoRA targets for model_type '{model_type}'; pass --lora_target_modules")
-    return LORA_TARGETS[model_type]
+    if model.config.model_type in LORA_TARGETS:
+        return LORA_TARGETS[model.config.model_type]
+    head = model.get_output_embeddings()
+    names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                    if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head})
+    if not names:
+        raise ConfigError(f"no linear layers found in {type(model).__name__} for LoRA; pass --lora_target_modules")
+    return names
 
 
 def load_base(path: str):
-    """The base model and tokenizer for SFT: any causal LM folder whose tokenizer has a chat template."""
+    """The base model and tokenizer for SFT: any causal LM folder (or Hub id) that transformers loads without
+    remote code. Its own chat template is used when it has one; otherwise it gets tinyllm's ChatML template."""
     from .chat import has_chat_template
-    from .runtime import load_model_folder
+    from .runtime import load_model_folder, resolve_model_path
 
+    path = resolve_model_path(path)
     p = Path(path)
     if p.is_dir() and (p / "config.json").is_file() and not (p / "tokenizer.json").is_file() \
             and not (p / "tokenizer_config.json").is_file():
         raise ConfigError(f"{path} has no tokenizer; save the tokenizer with the model (tinyllm does this)")
     model, tokenizer = load_model_folder(path)
     if not has_chat_template(tokenizer):
-        raise ConfigError(f"the tokenizer in {path} has no chat template; pretrain with a tokenizer trained by "
-                          f"tinyllm (tokenizer_training/train_tokenizer.py), which has one, or add one")
+        adopt_chatml(model, tokenizer)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of attention and labels in SFT
     return model, tokenizer
+
+
+def adopt_chatml(model, tokenizer) -> list[int]:
+    """Give a model without a chat template tinyllm's ChatML template: add <|im_start|>/<|im_end|> as special
+    tokens where missing, grow the embeddings (to a multiple of 64) when the new ids do not fit, and return the new
+    ids (their rows are trained during SFT; the saved folder carries the template, so pipeline() chats)."""
+    from .modeling import pad_vocab
+    from .tokenizer import CHAT_TEMPLATE
+
+    missing = [t for t in (IM_START, IM_END) if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        model.resize_token_embeddings(pad_vocab(len(tokenizer)), mean_resizing=True)
+    logger.info("the base model has no chat template: using ChatML (%s); added tokens %s; embedding rows %d -> %d",
+                " ".join((IM_START, IM_END)), missing or "none", rows, model.get_input_embeddings().weight.shape[0])
+    return [tokenizer.convert_tokens_to_ids(t) for t in missing]
 
 
 def chat_token_ids(tokenizer) -> list[int]:
@@ -60,6 +90,13 @@ def chat_token_ids(tokenizer) -> list[int]:
     their embedding rows."""
     vocab = tokenizer.get_vocab()
     return [vocab[t] for t in (IM_START, IM_END) if t in vocab]
+
+
+def _uses_conv1d(model, targets: list[str]) -> bool:
+    """GPT-2-style Conv1D layers store weights as (in, out): peft must know (fan_in_fan_out)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(m, Conv1D) and name.rsplit(".", 1)[-1] in targets for name, m in model.named_modules())
 
 
 def build_lora_model(base, lora, trainable_token_ids: list[int]):
@@ -71,9 +108,11 @@ def build_lora_model(base, lora, trainable_token_ids: list[int]):
 
     from peft import LoraConfig, get_peft_model
 
+    targets = lora_targets(base, lora.lora_target_modules)
+    logger.info("LoRA on: %s", ", ".join(targets))
     cfg = LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
-                     target_modules=lora_targets(base.config.model_type, lora.lora_target_modules),
-                     task_type="CAUSAL_LM", fan_in_fan_out=base.config.model_type == "gpt2",
+                     target_modules=targets,
+                     task_type="CAUSAL_LM", fan_in_fan_out=_uses_conv1d(base, targets),
                      trainable_token_indices=(trainable_token_ids or None) if lora.train_chat_token_embeddings
                      else None)
     with warnings.catch_warnings():
@@ -166,6 +205,8 @@ def run_sft(model_args, data, lora, args) -> Path:
     logger.info("SFT data: %s", json.dumps(sft.stats))
     args.remove_unused_columns = False
     token_ids = chat_token_ids(tokenizer)
+    if args.gradient_checkpointing and lora.use_lora:
+        model.enable_input_require_grads()  # checkpointed blocks need a grad path through the frozen embeddings
     model = build_lora_model(model, lora, token_ids)
     counts = _log_trainable(model, lora)
     before = evaluate_answers(model, tokenizer, sft.eval_conversations, data.eval_max_new_tokens)

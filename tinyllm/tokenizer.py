@@ -42,21 +42,27 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-# The pre-tokenizer of new BPE tokenizers is Llama 3's (GPT-4 / cl100k style): contractions, letter runs,
-# numbers of up to 3 digits, punctuation, newlines, and spaces kept exact. llama.cpp implements exactly this split
-# (tokenizer.ggml.pre = "llama-bpe"), so exported GGUF files tokenize as transformers does; Chinese runs stay
-# whole and BPE merges inside them. Measured against the previous split (Han runs cut into pieces of at most 2,
-# which no llama.cpp pre-tokenizer does) in benchmarks/tokenizer_bench.py and benchmarks/RESULTS.md.
+# BPE tokenizers encode with Llama 3's pre-tokenizer (GPT-4 / cl100k style): contractions, letter runs, numbers of
+# up to 3 digits, punctuation, newlines, and spaces kept exact. llama.cpp implements exactly this split
+# (tokenizer.ggml.pre = "llama-bpe"), so exported GGUF files tokenize as transformers does. It keeps Chinese runs
+# whole; no llama.cpp pre-tokenizer cuts them.
 SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 PRE_TOKENIZER_NAME = "llama3"  # what the tokenizer report says; GGUF calls it "llama-bpe"
-# tinyllm's split before 2026-11-30: still loads and trains models, but cannot be exported to GGUF faithfully
-LEGACY_SPLIT_PATTERN = (
+# The merges are *learned* on the same split except that Chinese runs are cut into pieces of at most 2 characters,
+# so the vocabulary holds Chinese words of 1-2 characters rather than whole phrases. Encoding then keeps runs whole
+# (as above) and applies those merges: a valid BPE tokenizer that llama.cpp reproduces exactly. On the built-in
+# corpus at vocab 2048, learning on whole runs made whole facts single tokens ("熊喜欢吃浆果"), and the quickstart
+# model's Chinese cloze accuracy fell from 0.80 to 0.22; measured in benchmarks/RESULTS.md.
+LEARN_SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?(?:\p{Han}{1,2}|[^\p{Han}\P{L}]+)|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# tinyllm's tokenizers before 2026-11-30 also *encoded* with LEARN_SPLIT_PATTERN: they still load and train, but
+# cannot be exported to GGUF faithfully (no llama.cpp pre-tokenizer cuts Chinese runs).
+LEGACY_SPLIT_PATTERN = LEARN_SPLIT_PATTERN
 
 
 def is_cjk(ch: str) -> bool:
@@ -82,9 +88,10 @@ def _batches(docs, size: int = 1000):
 
 
 def train_tokenizer(docs: list[str], tokenizer_type: str = "bpe", vocab_size: int = 8000, min_frequency: int = 2,
-                    show_progress: bool = True, split_pattern: str = SPLIT_PATTERN):
-    """Train and return a `transformers.PreTrainedTokenizerFast`. `split_pattern` (BPE) exists for benchmarks
-    that compare pre-tokenizers; tinyllm always trains with SPLIT_PATTERN."""
+                    show_progress: bool = True, learn_pattern: str = LEARN_SPLIT_PATTERN,
+                    encode_pattern: str = SPLIT_PATTERN):
+    """Train and return a `transformers.PreTrainedTokenizerFast`. BPE merges are learned with `learn_pattern`
+    and the tokenizer encodes with `encode_pattern` (both parameters exist for benchmarks comparing the choice)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from .errors import ConfigError, DataError
@@ -106,10 +113,11 @@ def train_tokenizer(docs: list[str], tokenizer_type: str = "bpe", vocab_size: in
         # ignore_merges: a whole pre-token that is itself a vocabulary entry is used as is (llama.cpp's llama-bpe
         # tokenizer does the same, so both agree token for token)
         tok = Tokenizer(models.BPE(ignore_merges=True))
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(split_pattern), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        def split(pattern):
+            return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+                                            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+        tok.pre_tokenizer = split(learn_pattern)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIALS,
@@ -117,6 +125,7 @@ def train_tokenizer(docs: list[str], tokenizer_type: str = "bpe", vocab_size: in
         )
         # Batches let `tokenizers` pre-tokenize in parallel on all cores.
         tok.train_from_iterator(_batches(docs), trainer=trainer, length=(len(docs) + 999) // 1000)
+        tok.pre_tokenizer = split(encode_pattern)
     tok.add_special_tokens(SPECIALS + ([UNK] if tokenizer_type == "char" else []))
     return wrap_tokenizer(tok, tokenizer_type)
 

@@ -59,7 +59,8 @@ def tokenizer_report(tokenizer, heldout: list[str], train_seconds: float, tokeni
 
     pre = ("one token per character" if tokenizer_type == "char" else
            f"{PRE_TOKENIZER_NAME}: Llama 3's split (GPT-4 style), chosen because llama.cpp implements it exactly "
-           f"(GGUF tokenizer.ggml.pre = llama-bpe), so exported models tokenize as they do here")
+           f"(GGUF tokenizer.ggml.pre = llama-bpe), so exported models tokenize as they do here; merges were "
+           f"learned on Chinese pieces of at most 2 characters, so the vocabulary holds words, not phrases")
     report = {"tokenizer_type": tokenizer_type, "pre_tokenizer": pre, "vocab_size": len(tokenizer),
               "dataset_name": dataset_name,
               "train_seconds": round(train_seconds, 2), "heldout": stats(heldout) if heldout else None,
