@@ -105,7 +105,7 @@ def estimate(config, data, args, n_params: int, n_params_no_emb: int, train_toke
                  f"{args.gradient_accumulation_steps * (micro // max(1, micro // 4))} (activations "
                  f"{_fmt_bytes(act)})", f"a shorter --block_size than {data.block_size}"]
         if not getattr(args, "gradient_checkpointing", False):
-            fixes.append("--gradient_checkpointing true")
+            fixes.append("--activation_checkpointing true")
         fixes.append("LoRA instead of full training (tinyllm sft --use_lora true; weights+grads+AdamW "
                      f"{_fmt_bytes(state)} here)")
         warnings.append(f"this will not fit: ~{_fmt_bytes(memory)} needed, {memory_limit[0]} has "
