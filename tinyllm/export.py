@@ -154,6 +154,56 @@ def _convert(name: str, w, outtype: str):
     return w.astype(np.float16), None
 
 
+def _write_hparams(w, arch: str, cfg: dict, model_dir: str) -> None:
+    """The architecture's hyperparameters, under the key names llama.cpp reads for it."""
+    if arch == "llama":
+        n_head = cfg["num_attention_heads"]
+        rope = cfg.get("rope_parameters") or {}
+        if cfg.get("rope_scaling") or rope.get("rope_type", "default") != "default":
+            raise ConfigError(f"{model_dir} uses rope scaling, which this exporter does not write yet")
+        w.add_context_length(cfg["max_position_embeddings"])
+        w.add_embedding_length(cfg["hidden_size"])
+        w.add_block_count(cfg["num_hidden_layers"])
+        w.add_feed_forward_length(cfg["intermediate_size"])
+        w.add_head_count(n_head)
+        w.add_head_count_kv(cfg.get("num_key_value_heads") or n_head)
+        w.add_rope_dimension_count(cfg.get("head_dim") or cfg["hidden_size"] // n_head)
+        w.add_rope_freq_base(float(cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0))
+        w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
+    else:
+        w.add_context_length(cfg["n_positions"])
+        w.add_embedding_length(cfg["n_embd"])
+        w.add_block_count(cfg["n_layer"])
+        w.add_feed_forward_length(cfg.get("n_inner") or 4 * cfg["n_embd"])
+        w.add_head_count(cfg["n_head"])
+        w.add_layer_norm_eps(float(cfg.get("layer_norm_epsilon", 1e-5)))
+
+
+def _write_tokenizer(w, tokenizer, tokenizer_json: dict, pre: str, n_rows: int, gen: dict) -> int | None:
+    """Tokens, merges, types, special ids and the chat template; returns the end-of-turn id of a chat model."""
+    tokens, types = _token_types(tokenizer, n_rows)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tokenizer_json["model"].get("merges", [])])
+    for add, value in ((w.add_bos_token_id, tokenizer.bos_token_id), (w.add_eos_token_id, tokenizer.eos_token_id),
+                       (w.add_pad_token_id, tokenizer.pad_token_id)):
+        if value is not None:
+            add(value)
+    w.add_add_bos_token(tokenizer.bos_token_id is not None
+                        and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id])
+    w.add_add_eos_token(False)
+    eos_ids = gen.get("eos_token_id")
+    eos_ids = eos_ids if isinstance(eos_ids, list) else [eos_ids]
+    eot = next((i for i in eos_ids if i is not None and i != tokenizer.eos_token_id), None)
+    if eot is not None:  # a chat model: its end-of-turn token ends generation in llama.cpp too
+        w.add_eot_token_id(eot)
+    if getattr(tokenizer, "chat_template", None):
+        w.add_chat_template(tokenizer.chat_template)
+    return eot
+
+
 def export_gguf(model_dir: str, out_path: Path, outtype: str = "f16") -> dict:
     """Write the GGUF file to `out_path` (the caller makes it atomic). Returns what was written."""
     import gguf
@@ -169,7 +219,8 @@ def export_gguf(model_dir: str, out_path: Path, outtype: str = "f16") -> dict:
     tok_json_path = Path(model_dir) / "tokenizer.json"
     if not tok_json_path.is_file():
         raise ConfigError(f"{model_dir} has no tokenizer.json; export needs the model's fast tokenizer")
-    pre = gguf_pre_tokenizer(json.loads(tok_json_path.read_text(encoding="utf-8")), str(model_dir))
+    tokenizer_json = json.loads(tok_json_path.read_text(encoding="utf-8"))
+    pre = gguf_pre_tokenizer(tokenizer_json, str(model_dir))
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     gen_path = Path(model_dir) / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
@@ -177,77 +228,25 @@ def export_gguf(model_dir: str, out_path: Path, outtype: str = "f16") -> dict:
     for f in sorted(Path(model_dir).glob("*.safetensors")):
         sd.update(load_file(str(f)))
     arch = ARCHS[arch_name]
+    tensors = list(_llama_tensors(sd, cfg) if arch == "llama" else _gpt2_tensors(sd, cfg))
+    n_rows = dict(tensors)["token_embd.weight"].shape[0]
+
     w = gguf.GGUFWriter(str(out_path), arch)
-    name = Path(model_dir).resolve().name
-    w.add_name(name)
+    w.add_name(Path(model_dir).resolve().name)
     w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                      "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype])
-    if arch == "llama":
-        n_head = cfg["num_attention_heads"]
-        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
-        w.add_context_length(cfg["max_position_embeddings"])
-        w.add_embedding_length(cfg["hidden_size"])
-        w.add_block_count(cfg["num_hidden_layers"])
-        w.add_feed_forward_length(cfg["intermediate_size"])
-        w.add_head_count(n_head)
-        w.add_head_count_kv(cfg.get("num_key_value_heads") or n_head)
-        w.add_rope_dimension_count(head_dim)
-        w.add_rope_freq_base(float(cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta")
-                                   or 10000.0))
-        w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
-        if cfg.get("rope_scaling") or (cfg.get("rope_parameters") or {}).get("rope_type", "default") != "default":
-            raise ConfigError(f"{model_dir} uses rope scaling, which this exporter does not write yet")
-        tensors = _llama_tensors(sd, cfg)
-        n_vocab_rows = sd["model.embed_tokens.weight"].shape[0]
-    else:
-        w.add_context_length(cfg["n_positions"])
-        w.add_embedding_length(cfg["n_embd"])
-        w.add_block_count(cfg["n_layer"])
-        w.add_feed_forward_length(cfg.get("n_inner") or 4 * cfg["n_embd"])
-        w.add_head_count(cfg["n_head"])
-        w.add_layer_norm_eps(float(cfg.get("layer_norm_epsilon", 1e-5)))
-        tensors = _gpt2_tensors(sd, cfg)
-        n_vocab_rows = sd[("transformer." if "transformer.wte.weight" in sd else "") + "wte.weight"].shape[0]
-    w.add_vocab_size(n_vocab_rows)
-    # tokenizer
-    tokens, types = _token_types(tokenizer, n_vocab_rows)
-    tj = json.loads(tok_json_path.read_text(encoding="utf-8"))
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"].get("merges", [])]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    adds_bos = tokenizer.bos_token_id is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
-    if tokenizer.bos_token_id is not None:
-        w.add_bos_token_id(tokenizer.bos_token_id)
-    if tokenizer.eos_token_id is not None:
-        w.add_eos_token_id(tokenizer.eos_token_id)
-    if tokenizer.pad_token_id is not None:
-        w.add_pad_token_id(tokenizer.pad_token_id)
-    w.add_add_bos_token(adds_bos)
-    w.add_add_eos_token(False)
-    eos_ids = gen.get("eos_token_id")
-    eos_ids = eos_ids if isinstance(eos_ids, list) else [eos_ids]
-    eot = [i for i in eos_ids if i is not None and i != tokenizer.eos_token_id]
-    if eot:  # a chat model: its end-of-turn token ends generation in llama.cpp too
-        w.add_eot_token_id(eot[0])
-    if getattr(tokenizer, "chat_template", None):
-        w.add_chat_template(tokenizer.chat_template)
-    written = []
-    for tname, arr in tensors:
-        data, raw = _convert(tname, arr, outtype)
-        if raw is None:
-            w.add_tensor(tname, data)
-        else:
-            w.add_tensor(tname, data, raw_dtype=raw)
-        written.append(tname)
+    _write_hparams(w, arch, cfg, model_dir)
+    w.add_vocab_size(n_rows)
+    eot = _write_tokenizer(w, tokenizer, tokenizer_json, pre, n_rows, gen)
+    for name, array in tensors:
+        data, raw = _convert(name, array, outtype)
+        w.add_tensor(name, data, raw_dtype=raw)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file(progress=False)
     w.close()
-    return {"arch": arch, "pre": pre, "tensors": len(written), "vocab_rows": n_vocab_rows, "add_bos": adds_bos,
-            "eot": eot[0] if eot else None, "generation": gen, "chat": bool(eot) and bool(tokenizer.chat_template)}
+    return {"arch": arch, "pre": pre, "tensors": len(tensors), "vocab_rows": n_rows, "eot": eot, "generation": gen,
+            "chat": eot is not None and bool(getattr(tokenizer, "chat_template", None))}
 
 
 def write_modelfile(gguf_path: Path, info: dict, tokenizer_specials: dict) -> str:
