@@ -101,6 +101,7 @@ def test_eval_command_report_card_and_model_index(run_dir, capsys):
     assert {"builtin_cloze_en", "builtin_cloze_zh", "heldout:builtin"} <= tasks
 
 
+@pytest.mark.slow
 def test_lm_eval_runs_offline_on_a_local_task(run_dir, tmp_path, capsys):
     """lm-evaluation-harness, through its own HF model class on our folder, on a task defined from a local JSONL
     file: no Hub. It scores the same cloze items as the built-in task and must agree with it exactly."""
@@ -138,6 +139,7 @@ def test_report_compares_runs(run_dir, tmp_path, capsys):
     assert (root / "comparison.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_eval_bad_input(run_dir, tmp_path, capsys):
     pytest.importorskip("lm_eval")
     (tmp_path / "not_a_model").mkdir()

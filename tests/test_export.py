@@ -172,6 +172,7 @@ def _llama_cpp(path, n_ctx=256):
     return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=2, seed=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["llama_dir", "gpt2_dir", "chat_dir"])
 def test_llama_cpp_tokenizes_and_computes_like_transformers(which, request, capsys):
     """The real llama.cpp runtime: token for token the same tokenization (plain prompts, and for the chat model a

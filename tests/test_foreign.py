@@ -44,6 +44,7 @@ def test_label_mask_is_exactly_the_answers_and_their_end_of_turn(foreign):
     assert sum(1 for lab in labels if lab != -100) < len(ids) // 2  # prompts and markup stay unsupervised
 
 
+@pytest.mark.slow
 def test_sft_on_a_foreign_model_chats_and_stops(sft_foreign, tmp_path):
     style, base, out = sft_foreign
     metrics = json.loads((out / "all_results.json").read_text())
@@ -88,6 +89,7 @@ def test_lora_targets_are_found_from_module_names(foreign):
         assert set(found) == {"c_attn", "c_proj", "c_fc"}
 
 
+@pytest.mark.slow
 def test_continued_pretraining_keeps_the_tokenizer_and_lowers_the_loss(tmp_path, tmp_path_factory, capsys,
                                                                       builtin_docs):
     # GPT-2 style: no pad token, bos == eos

@@ -15,6 +15,7 @@ import pytest
 
 from helpers import REPO
 
+pytestmark = pytest.mark.slow  # live servers in subprocesses
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

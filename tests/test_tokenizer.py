@@ -150,3 +150,21 @@ def test_new_bpe_tokenizers_use_a_pre_tokenizer_llama_cpp_implements(bpe_tokeniz
     assert gguf_pre_tokenizer(spec, "here") == "llama-bpe"
     pieces = bpe_tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str("床前明月光疑是地上霜，举头")
     assert [offsets for _, offsets in pieces] == [(0, 10), (10, 13)]  # the whole Han run; then "，举头"
+
+
+def test_char_tokenizer_reports_and_warns_about_unknown_characters(caplog):
+    """A char tokenizer maps characters it never saw to <|unk|>: the share is measured and warned about above 1%."""
+    import logging
+
+    from tinyllm.tokenizer import check_unknown_rate
+
+    tok = train_tokenizer(["床前明月光，疑是地上霜。"], "char")
+    ids = [tok(text, add_special_tokens=False)["input_ids"] for text in ("今天天气很好", "明月光")]
+    with caplog.at_level(logging.WARNING, logger="tinyllm"):
+        rate = check_unknown_rate(tok, ids, "the modern text")
+    assert rate == pytest.approx(6 / 9)
+    assert "<|unk|>" in caplog.text and "the modern text" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tinyllm"):
+        assert check_unknown_rate(tok, ids[1:], "poetry") == 0.0
+    assert not caplog.text

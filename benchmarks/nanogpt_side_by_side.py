@@ -1,0 +1,174 @@
+"""tinyllm against nanoGPT itself, side by side on this machine, in one run (karpathy/nanoGPT checkout given by
+--nanogpt_dir; see benchmarks/RESULTS.md for how to get it and the commit measured):
+
+1. training: nanoGPT's README CPU command for shakespeare_char and `tinyllm pretrain` with the shakespeare_char
+   recipe (same shape: 4 layers, 4 heads, 128 wide, context 64, batch 12), alternating, --repeats times; steady-
+   state tokens/s (median of the per-iteration / per-interval rates after warm-up) and wall time;
+2. decoding in-process at batch 1: nanoGPT's own `GPT.generate` (imported from the checkout, the trained nanoGPT
+   checkpoint) against tinyllm's generation path on the tinyllm model, 500 new characters, best of --repeats;
+3. the whole command a user types: `python sample.py --out_dir=... --device=cpu` (10 samples x 500 characters)
+   against `tinyllm generate --num_samples 10 --max_new_tokens 500`, best of --repeats.
+
+    python benchmarks/nanogpt_side_by_side.py --nanogpt_dir /path/to/nanoGPT
+    python benchmarks/nanogpt_side_by_side.py --nanogpt_dir /path/to/nanoGPT --iters 500 --repeats 2   # quicker
+
+The checkout needs Tiny Shakespeare prepared: copy input.txt to data/shakespeare_char/ and run its prepare.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def nanogpt_train(nano: Path, out: Path, iters: int) -> dict:
+    cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
+           "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
+           "--n_embd=128", f"--max_iters={iters}", f"--lr_decay_iters={iters}", "--dropout=0.0", f"--out_dir={out}"]
+    start = time.perf_counter()
+    res = subprocess.run(cmd, cwd=nano, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if res.returncode:
+        raise RuntimeError(res.stderr[-2000:])
+    found = re.findall(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", res.stdout, re.M)
+    ms = [float(t) for it, t in found if int(it) >= 20]  # after warm-up
+    val = [float(v) for v in re.findall(r"val loss ([\d.]+)", res.stdout)]
+    ms = sorted(ms)[: max(1, int(len(ms) * 0.9))]  # drop the iterations that ran an evaluation
+    return {"wall": wall, "tok_s": 12 * 64 / (statistics.median(ms) / 1000), "val": val[-1] if val else None}
+
+
+def tinyllm_train(out: Path, iters: int) -> dict:
+    cmd = [sys.executable, "recipes/pretrain.py", "--config", "recipes/configs/shakespeare_char.yaml",
+           "--max_steps", str(iters), "--output_dir", str(out), "--overwrite_output_dir", "true", "--report_to", "none",
+           "--logging_steps", "50", "--save_steps", str(10 * iters), "--plot_loss", "false"]
+    start = time.perf_counter()
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if res.returncode:
+        raise RuntimeError(res.stderr[-2000:])
+    state = json.loads((out / "trainer_state.json").read_text())
+    rates = [h["tokens_per_second"] for h in state["log_history"] if "tokens_per_second" in h][1:]
+    metrics = json.loads((out / "all_results.json").read_text())
+    return {"wall": wall, "tok_s": statistics.median(rates), "val": metrics.get("eval_loss"),
+            "train_s": metrics.get("train_runtime")}
+
+
+def decode_in_process(nano: Path, nano_out: Path, ours: Path, n: int, repeats: int) -> tuple[float, float]:
+    import torch
+
+    sys.path.insert(0, str(nano))
+    from model import GPT, GPTConfig  # nanoGPT's own model, from the checkout
+
+    from tinyllm.generation import generate_ids
+    from tinyllm.runtime import load_model_folder
+
+    ckpt = torch.load(nano_out / "ckpt.pt", map_location="cpu", weights_only=False)
+    theirs = GPT(GPTConfig(**ckpt["model_args"]))
+    theirs.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
+    theirs.eval()
+    model, tok = load_model_folder(str(ours), device="cpu")
+    model.eval()
+    prompt = tok("\n")["input_ids"]
+    never = tok.pad_token_id
+
+    def run_theirs() -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            theirs.generate(torch.zeros((1, 1), dtype=torch.long), n, temperature=0.8, top_k=200)
+        return n / (time.perf_counter() - start)
+
+    def run_ours() -> float:
+        start = time.perf_counter()
+        gen = generate_ids(model, prompt, n, eos=[never], do_sample=True, temperature=0.8, top_k=200)
+        return len(gen.ids) / (time.perf_counter() - start)
+
+    run_theirs(), run_ours()
+    best_t = best_o = 0.0
+    for _ in range(repeats):
+        best_t, best_o = max(best_t, run_theirs()), max(best_o, run_ours())
+    return best_t, best_o
+
+
+def whole_command(nano: Path, nano_out: Path, ours: Path, repeats: int) -> tuple[float, float]:
+    theirs = [sys.executable, "sample.py", f"--out_dir={nano_out}", "--device=cpu", "--num_samples=10",
+              "--max_new_tokens=500"]
+    mine = [sys.executable, "-m", "tinyllm", "generate", "--model", str(ours), "--prompt", "\n", "--num_samples", "10",
+            "--max_new_tokens", "500"]
+    best_t = best_o = float("inf")
+    for _ in range(repeats):
+        for cmd, cwd, which in ((theirs, nano, "t"), (mine, REPO, "o")):
+            start = time.perf_counter()
+            res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+            took = time.perf_counter() - start
+            if res.returncode:
+                raise RuntimeError(res.stderr[-2000:])
+            if which == "t":
+                best_t = min(best_t, took)
+            else:
+                best_o = min(best_o, took)
+    return best_t, best_o
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nanogpt_dir", required=True)
+    p.add_argument("--iters", type=int, default=2000)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--work_dir", default=None, help="keep the trained models here (default: a temporary folder)")
+    p.add_argument("--parts", default="train,decode,command", help="which comparisons to run; decode and command "
+                                                                   "reuse the models trained in --work_dir")
+    a = p.parse_args()
+    parts = set(a.parts.split(","))
+    nano = Path(a.nanogpt_dir).resolve()
+    if not (nano / "data" / "shakespeare_char" / "train.bin").is_file():
+        print(f"{nano}/data/shakespeare_char is not prepared: copy Tiny Shakespeare's input.txt there and run "
+              f"prepare.py", file=sys.stderr)
+        return 2
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=nano, capture_output=True, text=True)
+    tmp = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp())
+    runs_t, runs_o = [], []
+    for r in range(a.repeats if "train" in parts else 0):  # alternating: both see the same machine conditions
+        runs_t.append(nanogpt_train(nano, tmp / "nano", a.iters))
+        runs_o.append(tinyllm_train(tmp / "ours", a.iters))
+        print(f"run {r + 1}: nanoGPT {runs_t[-1]['tok_s']:,.0f} tok/s ({runs_t[-1]['wall']:.0f} s wall), tinyllm "
+              f"{runs_o[-1]['tok_s']:,.0f} tok/s ({runs_o[-1]['wall']:.0f} s wall)", flush=True)
+    nan = float("nan")
+    dec_t, dec_o = decode_in_process(nano, tmp / "nano", tmp / "ours", 500, max(3, a.repeats)) \
+        if "decode" in parts else (nan, nan)
+    cmd_t, cmd_o = whole_command(nano, tmp / "nano", tmp / "ours", a.repeats) if "command" in parts else (nan, nan)
+
+    def med(values):
+        values = list(values)
+        return statistics.median(values) if values else nan
+
+    t_tok, o_tok = med(r["tok_s"] for r in runs_t), med(r["tok_s"] for r in runs_o)
+    t_wall, o_wall = med(r["wall"] for r in runs_t), med(r["wall"] for r in runs_o)
+    t_val, o_val = med(r["val"] for r in runs_t), med(r["val"] for r in runs_o)
+    print(f"\nnanoGPT checkout: {commit.stdout.strip() or '?'}; {os.cpu_count()} CPU threads; shakespeare_char, "
+          f"{a.iters} iterations, batch 12 x 64, 4 layers / 4 heads / 128 wide; median of {a.repeats} alternating "
+          f"runs\n")
+    rows = [("training tokens/s (steady state)", f"{t_tok:,.0f}", f"{o_tok:,.0f}", f"{o_tok / t_tok:.2f}x"),
+            ("training wall time, whole command (s)", f"{t_wall:.0f}", f"{o_wall:.0f}", f"{t_wall / o_wall:.2f}x"),
+            ("final validation loss", f"{t_val:.3f}", f"{o_val:.3f}", ""),
+            ("decoding at batch 1, in-process (tokens/s, best)", f"{dec_t:,.0f}", f"{dec_o:,.0f}",
+             f"{dec_o / dec_t:.2f}x"),
+            ("10 samples x 500 characters, whole command (s, best)", f"{cmd_t:.1f}", f"{cmd_o:.1f}",
+             f"{cmd_t / cmd_o:.2f}x")]
+    print("| measure | nanoGPT | tinyllm | tinyllm / nanoGPT |\n|---|---:|---:|---:|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
