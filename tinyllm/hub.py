@@ -70,15 +70,29 @@ def plot_loss(log_history: list[dict], path: Path, floor_nats: float | None = No
         ax.plot(*zip(*evals), "o-", label="validation loss", color="tab:orange")
     if floor_nats is not None:
         ax.axhline(floor_nats, ls="--", color="gray", label="corpus entropy floor")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats / token)")
-    ax.set_title(title or "loss curve")
+    save_figure(fig, ax, path, "step", "loss (nats / token)", title or "loss curve")
+    return True
+
+
+def save_figure(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """Label, grid, legend, save and close a matplotlib figure (every plot tinyllm writes looks the same)."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    return True
+
+
+def fmt_value(v) -> str:
+    """A number as people read it in tables: 4 significant digits, thousands separators for large counts."""
+    if v is None:
+        return ""
+    return _fmt(v)
 
 
 def _fmt(v):

@@ -43,11 +43,9 @@ def write_run_report(staging: Path, final: Path, *, summary: dict, metrics: dict
 
 
 def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10_000:
-        return f"{v:,}"
-    return "" if v is None else str(v)
+    from .hub import fmt_value
+
+    return fmt_value(v)
 
 
 def _tokenizer_section(tok: dict | None) -> list[str]:
@@ -149,12 +147,7 @@ def _plot_curves(data, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for name, pts in curves:
         ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", label=name)
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("validation bits per byte")
-    ax.set_title("validation bits per byte (lower is better)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    from .hub import save_figure
+
+    save_figure(fig, ax, path, "tokens seen", "validation bits per byte", "validation bits per byte (lower is better)")
     return True
