@@ -200,10 +200,13 @@ QUESTIONS = {
 }
 
 
-def generate_qa(seed: int = 0, heldout_fraction: float = 0.2, languages: str = "en,zh") -> dict[str, list[dict]]:
+def generate_qa(seed: int = 0, heldout_fraction: float = 0.2, languages: str = "en,zh",
+                two_turn_fraction: float = 0.5) -> dict[str, list[dict]]:
     """Question-answer pairs about the built-in world. The test split holds out whole (animal, kind of question)
     pairs, in every phrasing: SFT sees other questions about that animal and this question about other animals,
-    so answering needs the fact recalled from pretraining plus the answer format taught by SFT."""
+    so answering needs the fact recalled from pretraining plus the answer format taught by SFT.
+    The training split also gets two-turn conversations (`messages`) built from its own pairs, often switching
+    language between turns, so a model learns to answer each question in the language it was asked in."""
     langs = [x.strip() for x in languages.split(",") if x.strip()]
     combos = [(animal, kind) for animal in sorted(ANIMALS) for kind in ("food", "home", "sound")]
     random.Random(seed).shuffle(combos)
@@ -218,4 +221,12 @@ def generate_qa(seed: int = 0, heldout_fraction: float = 0.2, languages: str = "
                 for q in phrasings:
                     splits[split].append({"question": q.format(a=name), "answer": answers[kind], "animal": animal,
                                           "kind": kind, "language": lang})
+    singles = list(splits["train"])
+    rng = random.Random(seed + 1)
+    for _ in range(int(len(singles) * two_turn_fraction)):
+        first, second = rng.choice(singles), rng.choice(singles)
+        splits["train"].append({"messages": [
+            {"role": "user", "content": first["question"]}, {"role": "assistant", "content": first["answer"]},
+            {"role": "user", "content": second["question"]}, {"role": "assistant", "content": second["answer"]}],
+            "animal": second["animal"], "kind": second["kind"], "language": second["language"]})
     return splits

@@ -219,8 +219,10 @@ def _tasks(args, is_chat: bool, has_run: bool) -> list[str]:
 
 
 def _sft_metrics(model, tokenizer) -> list[dict]:
+    from .builtin import generate_qa
     from .sft import evaluate_answers
     from .sft_data import load_qa_rows, row_to_messages
+    from .tokenizer_stage import language_of
 
     convs = [row_to_messages(r, w) for w, r in load_qa_rows("builtin_qa", "test")]
     res = evaluate_answers(model, tokenizer, convs, 32)
@@ -228,6 +230,21 @@ def _sft_metrics(model, tokenizer) -> list[dict]:
            {"task": "builtin_qa", "metric": "stopped_rate", "value": round(res["stopped_rate"], 4)}]
     out += [{"task": f"builtin_qa_{k}", "metric": "exact_match", "value": round(v, 4)}
             for k, v in res["per_language"].items()]
+    # the same held-out questions as the second turn, after an exchange in the other language
+    firsts = {lang: [x for x in generate_qa()["train"] if x.get("language") == lang and "question" in x]
+              for lang in ("en", "zh")}
+    two = []
+    for i, c in enumerate(convs):
+        lang = language_of(c[-2]["content"])
+        other = firsts["en" if lang == "zh" else "zh"]
+        if other:
+            first = other[i % len(other)]
+            two.append([{"role": "user", "content": first["question"]},
+                        {"role": "assistant", "content": first["answer"]}] + c[-2:])
+    if two:
+        res2 = evaluate_answers(model, tokenizer, two, 32)
+        out.append({"task": "builtin_qa_after_other_language_turn", "metric": "exact_match",
+                    "value": round(res2["exact_match"], 4)})
     return out
 
 
