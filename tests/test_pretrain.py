@@ -259,3 +259,28 @@ def test_fast_decoding_gives_generates_tokens(bpe_tokenizer, model_type, setting
         assert sink.getvalue() == text + "\n"
         texts.append(text)
     assert texts[0] == texts[1] and len(tok(texts[0], add_special_tokens=False)["input_ids"]) >= 40
+
+
+def test_batched_samples_match_one_at_a_time_and_slide_past_the_context(bpe_tokenizer):
+    """`--num_samples N` decodes N sequences in one batch: greedy, each equals the batch-1 path, across context
+    slides; sampled, the N samples differ."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tinyllm.config import ModelArguments
+    from tinyllm.generation import generate_batch, generate_ids
+    from tinyllm.modeling import build_config
+
+    tok = bpe_tokenizer
+    cfg = build_config(ModelArguments(n_layer=2, n_embd=32, n_head=2), len(tok), 24, tok.bos_token_id,
+                       tok.eos_token_id, tok.pad_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    prompt = tok("Once upon a time")["input_ids"]
+    never = [tok.pad_token_id]  # never produced, so both run the full length
+    one = generate_ids(model, prompt, 50, eos=never, do_sample=False).ids
+    rows = generate_batch(model, prompt, 3, 50, eos=never, do_sample=False)
+    assert len(one) == 50 and rows == [one, one, one]  # 50 new tokens with a context of 24: two slides
+    torch.manual_seed(1)
+    sampled = generate_batch(model, prompt, 3, 20, eos=never, do_sample=True, temperature=1.0, top_k=0)
+    assert len({tuple(r) for r in sampled}) == 3

@@ -249,8 +249,6 @@ def _sft_metrics(model, tokenizer) -> list[dict]:
 
 
 def run_eval(args) -> dict:
-    from transformers import set_seed
-
     from .chat import is_chat_model
     from .device import detect_device
     from .report import SUMMARY_FILE, render_report
@@ -258,7 +256,9 @@ def run_eval(args) -> dict:
 
     model, tokenizer = load_model_folder(args.model, device=args.device or detect_device())
     model.eval()
-    set_seed(args.seed)
+    from .generation import seed_everything
+
+    seed_everything(args.seed)
     run_file = Path(args.model) / SUMMARY_FILE
     run = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else {}
     chat = is_chat_model(model, tokenizer)
