@@ -115,3 +115,13 @@ def test_python_callers_get_the_cpu_declaration():
 
     args = PretrainingArguments(output_dir="/tmp/x", report_to="none")
     assert args.use_cpu is (detect_device() == "cpu")
+
+
+def test_the_model_folder_may_be_given_without_its_flag(tmp_path, capsys):
+    """`tinyllm eval FOLDER` is `tinyllm eval --model FOLDER` (and report RUNS, export/serve/generate/chat MODEL)."""
+    from helpers import run_inprocess
+
+    code, _, err = run_inprocess(capsys, "eval", tmp_path / "missing")
+    assert code == 2 and "model folder not found" in err and str(tmp_path / "missing") in err
+    code, _, err = run_inprocess(capsys, "report", tmp_path)
+    assert code == 2 and "no run folders" in err

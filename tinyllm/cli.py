@@ -36,6 +36,7 @@ class Command:
     help: str
     types: tuple  # option dataclasses; training options are swapped for their TrainingArguments subclass
     runner: str  # "module:function", called with one instance per type
+    positional: str | None = None  # `tinyllm eval outputs/x` means `--model outputs/x`
 
 
 COMMANDS: dict[str, Command] = {
@@ -49,20 +50,20 @@ COMMANDS: dict[str, Command] = {
                    (c.SFTModelArguments, c.SFTDataArguments, c.LoraArguments, c.SFTTrainingOptions),
                    "tinyllm.sft:run_sft"),
     "generate": Command("sample text from a saved model (streams to the terminal)", (c.GenerationArguments,),
-                        "tinyllm.generation:run_generate"),
+                        "tinyllm.generation:run_generate", "model"),
     "chat": Command("chat with an instruction-tuned model in the terminal", (c.GenerationArguments,),
-                    "tinyllm.generation:run_chat"),
+                    "tinyllm.generation:run_chat", "model"),
     "plan": Command("print parameters, tokens, memory and time estimates for a config without training",
                     (c.ModelArguments, c.DataArguments, c.TokenizerArguments, c.PretrainTrainingOptions),
                     "tinyllm.plan:run_plan"),
     "eval": Command("evaluate a saved model: bits per byte, built-in tasks, lm-evaluation-harness tasks",
-                    (c.EvalArguments,), "tinyllm.evaluation:run_eval"),
+                    (c.EvalArguments,), "tinyllm.evaluation:run_eval", "model"),
     "export": Command("export a model to GGUF (llama.cpp, Ollama, LM Studio) with an Ollama Modelfile",
-                      (c.ExportArguments,), "tinyllm.export:run_export"),
+                      (c.ExportArguments,), "tinyllm.export:run_export", "model"),
     "serve": Command("serve a model: OpenAI-compatible API (/v1) and a web chat page (/)", (c.ServeArguments,),
-                     "tinyllm.serve:run_serve"),
+                     "tinyllm.serve:run_serve", "model"),
     "report": Command("compare the runs in a folder side by side (Markdown table + plot)", (c.ReportArguments,),
-                      "tinyllm.report:run_report"),
+                      "tinyllm.report:run_report", "runs"),
     "presets": Command("list the model size presets", (), "tinyllm.modeling:print_presets"),
 }
 TRAINING_OPTIONS = (c.PretrainTrainingOptions, c.SFTTrainingOptions)
@@ -266,6 +267,8 @@ def run(command: str, argv: list[str] | None = None) -> int:
     if "-h" in argv or "--help" in argv:
         print(format_help(cmd.types, f"tinyllm {command}"))
         return 0
+    if cmd.positional and argv and not argv[0].startswith("-"):
+        argv = [f"--{cmd.positional}", argv[0], *argv[1:]]
     from .logs import setup_logging
 
     try:
