@@ -6,6 +6,10 @@
     tinyllm generate --model outputs/quickstart --prompt "Once upon a time"
     tinyllm chat --model outputs/sft_quickstart
     tinyllm plan --config recipes/configs/tinystories.yaml
+    tinyllm eval outputs/quickstart
+    tinyllm export outputs/sft_quickstart --format gguf
+    tinyllm serve outputs/sft_quickstart
+    tinyllm report outputs
     tinyllm presets
 
 Precedence: dataclass default < YAML < command line. YAML values become the parser's defaults with their types
