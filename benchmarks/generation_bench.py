@@ -1,7 +1,9 @@
 """Generation speed at batch 1 and batch 8: tinyllm's generation against plain transformers `generate()` (KV
-cache) and a nanoGPT-style `sample.py` loop (no KV cache: the whole cropped context is recomputed for every new
-token) on the same model, measured side by side, interleaved, best of N. At batch 1 tinyllm takes its lean
-decoding loop (same tokens as generate() for the same seed); at batch 8 it is generate() itself.
+cache) and a full-recompute loop (no KV cache: the whole cropped context is recomputed for every new token, the
+strategy of nanoGPT's `generate`) on the same transformers model, measured side by side, interleaved, best of N.
+This is not nanoGPT itself: benchmarks/nanogpt_side_by_side.py runs nanoGPT's own model and sample.py.
+At batch 1 tinyllm takes its lean decoding loop (same tokens as generate() for the same seed); at batch 8 it is
+generate() itself.
 
     python benchmarks/generation_bench.py --model outputs/shakespeare_char
 
@@ -14,8 +16,8 @@ import sys
 import time
 
 
-def nanogpt_loop(model, ids, new_tokens: int, block_size: int, temperature=0.8, top_k=40):
-    """nanoGPT's model.generate: crop to block_size, full forward, sample the last position."""
+def recompute_loop(model, ids, new_tokens: int, block_size: int, temperature=0.8, top_k=40):
+    """No KV cache: crop to block_size, full forward, sample the last position."""
     import torch
 
     for _ in range(new_tokens):
@@ -69,13 +71,13 @@ def main() -> int:
 
     def baseline(ids) -> float:
         t = time.perf_counter()
-        nanogpt_loop(model, ids, a.new_tokens, ctx)
+        recompute_loop(model, ids, a.new_tokens, ctx)
         return ids.shape[0] * a.new_tokens / (time.perf_counter() - t)
 
     for batch in (1, 8):
         ids = tok([a.prompt] * batch, return_tensors="pt")["input_ids"]
         with torch.inference_mode():  # both paths, as tinyllm's generate_text
-            nanogpt_loop(model, ids, 5, ctx)  # warm-up
+            recompute_loop(model, ids, 5, ctx)  # warm-up
             ours_fn = ours_batch1 if batch == 1 else (lambda: ours_batched(ids))
             ours_fn()
             ours_batched(ids)
@@ -89,8 +91,8 @@ def main() -> int:
     print(f"\nmodel: {a.model} ({sum(p.numel() for p in model.parameters()):,} parameters, context {ctx}), "
           f"{a.new_tokens} new tokens per sequence, CPU ({os.cpu_count()} cores), torch threads "
           f"{torch.get_num_threads()}, best of {a.repeats} interleaved runs\n")
-    print("| batch | nanoGPT-style loop (no KV cache) tok/s | transformers generate() (KV cache) tok/s | "
-          "tinyllm generate tok/s | tinyllm vs nanoGPT-style |")
+    print("| batch | full-recompute loop (no KV cache) tok/s | transformers generate() (KV cache) tok/s | "
+          "tinyllm generate tok/s | tinyllm vs full recompute |")
     print("|---:|---:|---:|---:|---:|")
     for batch, base, gen, ours in rows:
         print(f"| {batch} | {base:,.0f} | {gen:,.0f} | {ours:,.0f} | {ours / base:.2f}x |")

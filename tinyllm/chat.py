@@ -125,7 +125,7 @@ def is_chat_model(model, tokenizer) -> bool:
     (tinyllm's base models carry the template in their tokenizer too, but stop only at eos.)"""
     if not has_chat_template(tokenizer):
         return False
+    from .generation import token_ids
+
     eot = end_of_turn_token(tokenizer)
-    eos = model.generation_config.eos_token_id
-    eos = eos if isinstance(eos, (list, tuple)) else [eos]
-    return eot is not None and tokenizer.convert_tokens_to_ids(eot) in eos
+    return eot is not None and tokenizer.convert_tokens_to_ids(eot) in token_ids(model.generation_config.eos_token_id)

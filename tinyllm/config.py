@@ -201,7 +201,17 @@ class OutputArguments:
 
 @dataclass
 class RunDefaults:
-    """Options shared by pretraining and SFT: precision policy and the sampling defaults saved with the model."""
+    """Options shared by pretraining and SFT: precision policy, the sampling defaults saved with the model, and the
+    TrainingArguments defaults both stages change in the same way."""
+
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
+    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: steps, epoch or no."})
+    report_to: Optional[list[str]] = field(default_factory=lambda: ["tensorboard"],
+                                           metadata={"help": "Loggers: tensorboard, wandb, none, ... (a list)."})
+    # fused AdamW on CUDA is chosen by the device policy; the plain one runs everywhere
+    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer name (transformers' names)."})
+    # a NaN must surface in the logs, not be averaged away
+    logging_nan_inf_filter: bool = field(default=False, metadata={"help": "Filter NaN/inf losses from logs."})
 
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA that supports it, else fp16 on CUDA, "
@@ -238,21 +248,13 @@ class PretrainTrainingOptions(RunDefaults):
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (norms and biases excluded)."})
     # small batches: a shorter second-moment memory is more stable (nanoGPT uses 0.99)
     adam_beta2: float = field(default=0.99, metadata={"help": "AdamW beta2."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
     max_steps: int = field(default=2000, metadata={"help": "Optimizer steps (overrides num_train_epochs)."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Micro-batch per device."})
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch per device."})
-    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: steps, epoch or no."})
     eval_steps: float = field(default=250, metadata={"help": "Evaluate every N steps."})
     logging_steps: float = field(default=25, metadata={"help": "Log every N steps."})
     save_steps: float = field(default=500, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: Optional[int] = field(default=3, metadata={"help": "Keep at most N checkpoints."})
-    report_to: Optional[list[str]] = field(default_factory=lambda: ["tensorboard"],
-                                           metadata={"help": "Loggers: tensorboard, wandb, none, ... (a list)."})
-    # fused AdamW on CUDA is chosen by the device policy; the plain one runs everywhere
-    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer name (transformers' names)."})
-    # a NaN must surface in the logs, not be averaged away
-    logging_nan_inf_filter: bool = field(default=False, metadata={"help": "Filter NaN/inf losses from logs."})
     sample_prompts: Optional[str] = field(
         default=None, metadata={"help": "'|'-separated prompts sampled at each evaluation (default: from the corpus)."}
     )
@@ -269,19 +271,13 @@ class SFTTrainingOptions(RunDefaults):
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     warmup_steps: int = field(default=20, metadata={"help": "Linear warmup steps."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
     max_steps: int = field(default=300, metadata={"help": "Optimizer steps."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Micro-batch per device."})
     per_device_eval_batch_size: int = field(default=16, metadata={"help": "Evaluation batch per device."})
-    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: steps, epoch or no."})
     eval_steps: float = field(default=100, metadata={"help": "Evaluate every N steps."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     save_steps: float = field(default=100, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most N checkpoints."})
-    report_to: Optional[list[str]] = field(default_factory=lambda: ["tensorboard"],
-                                           metadata={"help": "Loggers: tensorboard, wandb, none, ... (a list)."})
-    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer name (transformers' names)."})
-    logging_nan_inf_filter: bool = field(default=False, metadata={"help": "Filter NaN/inf losses from logs."})
     gen_temperature: float = field(default=0.7, metadata={"help": "Sampling temperature stored in "
                                                                     "generation_config.json."})
 

@@ -194,9 +194,9 @@ def _write_tokenizer(w, tokenizer, tokenizer_json: dict, pre: str, n_rows: int, 
     w.add_add_bos_token(tokenizer.bos_token_id is not None
                         and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id])
     w.add_add_eos_token(False)
-    eos_ids = gen.get("eos_token_id")
-    eos_ids = eos_ids if isinstance(eos_ids, list) else [eos_ids]
-    eot = next((i for i in eos_ids if i is not None and i != tokenizer.eos_token_id), None)
+    from .generation import token_ids
+
+    eot = next((i for i in token_ids(gen.get("eos_token_id")) if i != tokenizer.eos_token_id), None)
     if eot is not None:  # a chat model: its end-of-turn token ends generation in llama.cpp too
         w.add_eot_token_id(eot)
     if getattr(tokenizer, "chat_template", None):

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 
 __all__ = ["drop_partial_char", "Utf8Streamer", "Generation", "generate_ids", "generate_text", "next_window",
-           "sampling_kwargs", "seed_everything", "generate_batch", "run_generate", "run_chat"]
+           "sampling_kwargs", "seed_everything", "generate_batch", "run_generate", "run_chat", "token_ids"]
 
 
 def drop_partial_char(text: str) -> str:
@@ -88,6 +88,22 @@ def _context(model) -> int:
     return context_length(model.config) or 10**9
 
 
+def token_ids(value) -> list[int]:
+    """An eos setting (one id, a list of ids, or None) as a list of ids."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [v for v in values if v is not None]
+
+
+def _decoding_setup(model, prompt_ids: list[int], eos):
+    """What both generation loops start from: the context size, the prompt cropped to half of it when it does not
+    fit, the ids that end a sequence (the argument, else the model's generation_config) and the pad id."""
+    ctx = _context(model)
+    start = prompt_ids[-(ctx // 2):] if len(prompt_ids) >= ctx else prompt_ids
+    eos_set = set(token_ids(eos if eos is not None else model.generation_config.eos_token_id))
+    pad = model.generation_config.pad_token_id
+    return ctx, start, eos_set, pad
+
+
 def generate_ids(model, prompt_ids: list[int], max_new_tokens: int = 100, eos: list[int] | None = None,
                  on_token=None, should_stop=None, **sampling) -> Generation:
     """Continue `prompt_ids`. Beyond the model's context it slides: each round keeps the last half context of
@@ -97,12 +113,9 @@ def generate_ids(model, prompt_ids: list[int], max_new_tokens: int = 100, eos: l
 
     from .fast_decode import fast_decode
 
-    ctx = _context(model)
+    ctx, start, eos_set, pad = _decoding_setup(model, prompt_ids, eos)
     device = next(model.parameters()).device
-    ids = torch.tensor([prompt_ids[-(ctx // 2):] if len(prompt_ids) >= ctx else prompt_ids], device=device)
-    eos_ids = eos if eos is not None else model.generation_config.eos_token_id
-    eos_set = set(eos_ids if isinstance(eos_ids, (list, tuple)) else [eos_ids]) - {None}
-    pad = model.generation_config.pad_token_id
+    ids = torch.tensor([start], device=device)
     stopper = _StopCheck(should_stop)
     new: list[int] = []
     remaining = max_new_tokens
@@ -217,14 +230,9 @@ def generate_batch(model, prompt_ids: list[int], n: int, max_new_tokens: int, eo
     continuation ends at its first eos."""
     import torch
 
-    ctx = _context(model)
-    device = next(model.parameters()).device
-    start = prompt_ids[-(ctx // 2):] if len(prompt_ids) >= ctx else prompt_ids
-    ids = torch.tensor([start] * n, device=device)
-    eos_ids = eos if eos is not None else model.generation_config.eos_token_id
-    eos_set = set(eos_ids if isinstance(eos_ids, (list, tuple)) else [eos_ids]) - {None}
-    pad = model.generation_config.pad_token_id
+    ctx, start, eos_set, pad = _decoding_setup(model, prompt_ids, eos)
     pad = pad if pad is not None else next(iter(eos_set), 0)
+    ids = torch.tensor([start] * n, device=next(model.parameters()).device)
     out, remaining = ids, max_new_tokens
     with torch.inference_mode():
         while remaining > 0:
@@ -268,8 +276,7 @@ def chat_eos_ids(tokenizer, model) -> list[int]:
 
     eot = end_of_turn_token(tokenizer)
     ids = [tokenizer.convert_tokens_to_ids(eot)] if eot else []
-    cfg = model.generation_config.eos_token_id
-    ids += cfg if isinstance(cfg, list) else [cfg]
+    ids += token_ids(model.generation_config.eos_token_id)
     return [i for i in dict.fromkeys(ids) if i is not None]
 
 
