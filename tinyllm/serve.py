@@ -29,34 +29,12 @@ from pathlib import Path
 
 from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations from these globals
 
-__all__ = ["Limits", "ApiError", "StopText", "ModelWorker", "create_app", "run_serve"]
+from .openai_api import ApiError, Limits, Reply, check_headers, parse_body, parse_messages, parse_prompt, parse_sampling
+
+__all__ = ["StopText", "ModelWorker", "create_app", "run_serve"]
 
 logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
-ROLES = ("system", "user", "assistant")
-
-
-@dataclass
-class Limits:
-    max_body_bytes: int = 1_000_000
-    max_tokens: int = 2048  # cap on a request's max_tokens (and the context bounds it further)
-    max_messages: int = 256
-    max_message_chars: int = 32_000
-    max_queue: int = 8  # requests waiting for the model; more get 503
-    max_stop: int = 4
-
-
-class ApiError(Exception):
-    """An OpenAI-style error response."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error", headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
 class StopText:
@@ -169,85 +147,6 @@ class ModelWorker:
         job.emit(("done", finish, len(gen.ids)))
 
 
-# ---------------------------------------------------------------- request validation
-
-def _number(body: dict, key: str, lo: float, hi: float, integer: bool = False, default=None):
-    value = body.get(key, default)
-    if value is None:
-        return default
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok:
-        raise ApiError(400, f"'{key}' must be {'an integer' if integer else 'a number'}, got {json.dumps(value)}",
-                       key, "invalid_type")
-    if not lo <= value <= hi:
-        raise ApiError(400, f"'{key}' must be between {lo:g} and {hi:g}, got {value}", key, "out_of_range")
-    return value
-
-
-def _sampling(body: dict, limits: Limits) -> tuple[dict, int | None, int | None, list[str]]:
-    temperature = _number(body, "temperature", 0, 2)
-    top_p = _number(body, "top_p", 0, 1)
-    max_tokens = _number(body, "max_tokens", 1, limits.max_tokens, integer=True)
-    if max_tokens is None:
-        max_tokens = _number(body, "max_completion_tokens", 1, limits.max_tokens, integer=True)
-    seed = _number(body, "seed", -2**63, 2**63 - 1, integer=True)
-    stop = body.get("stop")
-    stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
-    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise ApiError(400, "'stop' must be a string or a list of strings", "stop", "invalid_type")
-    if len(stops) > limits.max_stop:
-        raise ApiError(400, f"'stop' takes at most {limits.max_stop} strings", "stop", "too_many")
-    n = _number(body, "n", 1, 1, integer=True)
-    del n  # only n=1 is supported; validated above
-    kw: dict = {}
-    if temperature is not None:
-        if temperature == 0:
-            kw["do_sample"] = False
-        else:
-            kw["temperature"] = float(temperature)
-            kw["do_sample"] = True
-    if top_p is not None:
-        kw["top_p"] = float(top_p)
-    return kw, max_tokens, seed, stops
-
-
-def _messages(body: dict, limits: Limits) -> list[dict]:
-    messages = body.get("messages")
-    if messages is None:
-        raise ApiError(400, "'messages' is required: a list of {role, content} objects", "messages", "missing")
-    if not isinstance(messages, list):
-        raise ApiError(400, "'messages' must be a list of {role, content} objects", "messages", "invalid_type")
-    if not messages:
-        raise ApiError(400, "'messages' must not be empty", "messages", "empty")
-    if len(messages) > limits.max_messages:
-        raise ApiError(400, f"too many messages ({len(messages)}; at most {limits.max_messages})", "messages",
-                       "too_many")
-    out = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise ApiError(400, f"{where} must be an object with role and content", where, "invalid_type")
-        role, content = m.get("role"), m.get("content")
-        if role not in ROLES:
-            raise ApiError(400, f"{where}.role must be one of {', '.join(ROLES)}, got {json.dumps(role)}",
-                           f"{where}.role", "invalid_value")
-        if isinstance(content, list):  # OpenAI's content parts: text parts only
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise ApiError(400, f"{where}.content: only text parts are supported", f"{where}.content",
-                               "invalid_type")
-            content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise ApiError(400, f"{where}.content must be a string", f"{where}.content", "invalid_type")
-        if len(content) > limits.max_message_chars:
-            raise ApiError(400, f"{where}.content is too long ({len(content)} characters; at most "
-                                f"{limits.max_message_chars})", f"{where}.content", "too_long")
-        out.append({"role": role, "content": content})
-    if out[-1]["role"] != "user":
-        raise ApiError(400, "the last message must be from the user", "messages", "invalid_value")
-    return out
-
-
 # ---------------------------------------------------------------- the app
 
 def create_app(model_dir: str, api_key: str | None = None, limits: Limits | None = None, device: str | None = None):
@@ -259,7 +158,7 @@ def create_app(model_dir: str, api_key: str | None = None, limits: Limits | None
 
     from .chat import fit_conversation, is_chat_model
     from .device import detect_device
-    from .generation import chat_eos_ids
+    from .generation import chat_eos_ids, token_ids
     from .runtime import context_length, load_model_folder
 
     limits = limits or Limits()
@@ -269,10 +168,7 @@ def create_app(model_dir: str, api_key: str | None = None, limits: Limits | None
     chat = is_chat_model(model, tokenizer)
     ctx = context_length(model.config) or 2048
     default_max = min(int(model.generation_config.max_new_tokens or 256), limits.max_tokens)
-    eos = chat_eos_ids(tokenizer, model) if chat else [
-        t for t in ([model.generation_config.eos_token_id] if not isinstance(model.generation_config.eos_token_id,
-                                                                             list)
-                    else model.generation_config.eos_token_id) if t is not None]
+    eos = chat_eos_ids(tokenizer, model) if chat else token_ids(model.generation_config.eos_token_id)
     worker = ModelWorker(model, tokenizer, eos, limits.max_queue)
     created = int(time.time())
 
@@ -286,6 +182,16 @@ def create_app(model_dir: str, api_key: str | None = None, limits: Limits | None
 
     def error_response(err: ApiError) -> JSONResponse:
         return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    async def respond(request: Request, job: Job, body: dict, reply: Reply):
+        headers = {"X-Tinyllm-Dropped-Messages": str(reply.dropped)} if reply.kind == "chat" else {}
+        if not body.get("stream"):
+            text, finish, n = await collect(job)
+            return JSONResponse(reply.whole(text, finish, n), headers=headers)
+        options = body.get("stream_options") or {}
+        include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
+        return StreamingResponse(stream_events(request, job, reply, include_usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", **headers})
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
@@ -308,33 +214,8 @@ def create_app(model_dir: str, api_key: str | None = None, limits: Limits | None
 
     async def read_json(request: Request) -> dict:
         check_key(request)
-        ctype = request.headers.get("content-type", "")
-        if not ctype.split(";")[0].strip().lower() == "application/json":
-            raise ApiError(415, f"Content-Type must be application/json, got '{ctype or 'nothing'}'", None,
-                           "unsupported_media_type")
-        size = request.headers.get("content-length")
-        if size and size.isdigit() and int(size) > limits.max_body_bytes:
-            raise ApiError(413, f"request body too large ({size} bytes; at most {limits.max_body_bytes})", None,
-                           "body_too_large")
-        raw = await request.body()
-        if len(raw) > limits.max_body_bytes:
-            raise ApiError(413, f"request body too large (at most {limits.max_body_bytes} bytes)", None,
-                           "body_too_large")
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"malformed JSON: {exc}", None, "invalid_json") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "the request body must be a JSON object", None, "invalid_json")
-        model_name = body.get("model", name)
-        if not isinstance(model_name, str):
-            raise ApiError(400, "'model' must be a string", "model", "invalid_type")
-        if model_name not in (name, ""):
-            raise ApiError(404, f"model '{model_name}' not found; this server serves '{name}' (GET /v1/models)",
-                           "model", "model_not_found")
-        if body.get("stream") not in (None, True, False):
-            raise ApiError(400, "'stream' must be true or false", "stream", "invalid_type")
-        return body
+        check_headers(request.headers.get("content-type", ""), request.headers.get("content-length"), limits)
+        return parse_body(await request.body(), name, limits)
 
     def enqueue(prompt_ids, max_tokens, sampling, seed, stops) -> Job:
         job = Job(prompt_ids, max_tokens, sampling, seed, stops, asyncio.get_running_loop())
@@ -342,83 +223,6 @@ def create_app(model_dir: str, api_key: str | None = None, limits: Limits | None
             raise ApiError(503, f"the server is busy ({limits.max_queue} requests waiting); retry shortly", None,
                            "server_busy", "server_error", headers={"Retry-After": "2"})
         return job
-
-    async def respond(request: Request, job: Job, body: dict, kind: str, prompt_tokens: int, dropped: int):
-        stream = bool(body.get("stream"))
-        options = body.get("stream_options") or {}
-        include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
-        rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-        obj = "chat.completion" if kind == "chat" else "text_completion"
-        headers = {"X-Tinyllm-Dropped-Messages": str(dropped)} if kind == "chat" else {}
-
-        def usage(completion: int) -> dict:
-            out = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                   "total_tokens": prompt_tokens + completion}
-            if kind == "chat":
-                out["dropped_messages"] = dropped
-            return out
-
-        if not stream:
-            texts = []
-            try:
-                while True:
-                    item = await job.events.get()
-                    if item[0] == "text":
-                        texts.append(item[1])
-                    elif item[0] == "error":
-                        raise ApiError(500, f"generation failed: {item[1]}", None, "generation_error", "server_error")
-                    else:
-                        break
-            finally:
-                job.cancelled.set()
-            text, finish, n = "".join(texts), item[1], item[2]
-            choice = {"index": 0, "finish_reason": finish}
-            if kind == "chat":
-                choice["message"] = {"role": "assistant", "content": text}
-            else:
-                choice["text"] = text
-                choice["logprobs"] = None
-            return JSONResponse({"id": rid, "object": obj, "created": int(time.time()), "model": name,
-                                 "choices": [choice], "usage": usage(n)}, headers=headers)
-
-        def chunk(delta=None, text=None, finish=None, use=None) -> str:
-            if kind == "chat":
-                choice = {"index": 0, "delta": delta if delta is not None else {}, "finish_reason": finish}
-            else:
-                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-            body = {"id": rid, "object": f"{obj}.chunk" if kind == "chat" else obj, "created": int(time.time()),
-                    "model": name, "choices": [choice] if use is None else []}
-            if use is not None:
-                body["usage"] = use
-            return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-        async def events():
-            try:
-                if kind == "chat":
-                    yield chunk(delta={"role": "assistant", "content": ""})
-                while True:
-                    try:
-                        item = await asyncio.wait_for(job.events.get(), timeout=0.5)
-                    except asyncio.TimeoutError:
-                        if await request.is_disconnected():
-                            return
-                        continue
-                    if item[0] == "text":
-                        yield chunk(delta={"content": item[1]}, text=item[1])
-                    elif item[0] == "error":
-                        yield f"data: {json.dumps(ApiError(500, item[1], kind='server_error').body())}\n\n"
-                        return
-                    else:
-                        yield chunk(finish=item[1])
-                        if include_usage:
-                            yield chunk(use=usage(item[2]))
-                        yield "data: [DONE]\n\n"
-                        return
-            finally:  # the client went away (or we are done): stop generating, free the slot
-                job.cancelled.set()
-
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", **headers})
 
     @app.get("/health")
     async def health():
@@ -437,38 +241,74 @@ def create_app(model_dir: str, api_key: str | None = None, limits: Limits | None
         if not chat:
             raise ApiError(400, f"'{name}' is a base model without instruction tuning: use /v1/completions, or "
                                 f"instruction-tune it first (tinyllm sft)", "model", "not_a_chat_model")
-        messages = _messages(body, limits)
-        sampling, max_tokens, seed, stops = _sampling(body, limits)
+        messages = parse_messages(body, limits)
+        sampling, max_tokens, seed, stops = parse_sampling(body, limits)
         max_tokens = max_tokens or default_max
         budget = max(ctx - max_tokens, ctx // 2)
         # encoding stays on the event loop's thread: only the worker thread runs the model
         kept, dropped, prompt = fit_conversation(tokenizer, messages, budget)
         max_tokens = max(1, min(max_tokens, ctx - len(prompt)))
         job = enqueue(prompt, max_tokens, sampling, seed, stops)
-        return await respond(request, job, body, "chat", len(prompt), dropped)
+        return await respond(request, job, body, Reply("chat", name, f"chatcmpl-{uuid.uuid4().hex[:24]}",
+                                                       len(prompt), dropped))
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await read_json(request)
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise ApiError(400, "'prompt' is required and must be a string", "prompt",
-                           "missing" if prompt is None else "invalid_type")
-        if len(prompt) > limits.max_message_chars:
-            raise ApiError(400, f"'prompt' is too long (at most {limits.max_message_chars} characters)", "prompt",
-                           "too_long")
-        sampling, max_tokens, seed, stops = _sampling(body, limits)
+        prompt = parse_prompt(body, limits)
+        sampling, max_tokens, seed, stops = parse_sampling(body, limits)
         ids = tokenizer(prompt)["input_ids"]
         job = enqueue(ids, max_tokens or default_max, sampling, seed, stops)
-        return await respond(request, job, body, "text", len(ids), 0)
+        return await respond(request, job, body, Reply("text", name, f"cmpl-{uuid.uuid4().hex[:24]}", len(ids)))
 
     @app.get("/")
     async def page():
         return FileResponse(STATIC / "chat.html", media_type="text/html")
 
     return app
+
+
+async def collect(job: Job) -> tuple[str, str, int]:
+    """(text, finish reason, completion tokens) of a job, waited for in full."""
+    texts = []
+    try:
+        while True:
+            item = await job.events.get()
+            if item[0] == "text":
+                texts.append(item[1])
+            elif item[0] == "error":
+                raise ApiError(500, f"generation failed: {item[1]}", None, "generation_error", "server_error")
+            else:
+                return "".join(texts), item[1], item[2]
+    finally:
+        job.cancelled.set()
+
+
+async def stream_events(request: Request, job: Job, reply: Reply, include_usage: bool):
+    """A job's server-sent events; a client that went away stops the generation and frees its slot."""
+    try:
+        if reply.kind == "chat":
+            yield reply.chunk(delta={"role": "assistant", "content": ""})
+        while True:
+            try:
+                item = await asyncio.wait_for(job.events.get(), timeout=0.5)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    return
+                continue
+            if item[0] == "text":
+                yield reply.chunk(delta={"content": item[1]}, text=item[1])
+            elif item[0] == "error":
+                yield f"data: {json.dumps(ApiError(500, item[1], kind='server_error').body())}\n\n"
+                return
+            else:
+                yield reply.chunk(finish=item[1])
+                if include_usage:
+                    yield reply.chunk(use=reply.usage(item[2]))
+                yield "data: [DONE]\n\n"
+                return
+    finally:  # the client went away (or we are done): stop generating, free the slot
+        job.cancelled.set()
 
 
 def run_serve(args) -> int:
