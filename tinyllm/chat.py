@@ -79,8 +79,7 @@ def encode_for_training(tokenizer, messages: list[dict]) -> tuple[list[int], lis
             labels.append(t if open_answer else -100)
             if open_answer and t in special:
                 open_answer = False
-        if open_answer:  # the template put no special token after the answer: supervise up to the next piece
-            open_answer = False
+        open_answer = False  # no special token after the answer: supervision ends with this piece
     return ids, labels
 
 

@@ -33,10 +33,10 @@ def write_run_report(staging: Path, final: Path, *, summary: dict, metrics: dict
     """Write run_summary.json and report.md into `staging` (the folder that becomes `final`). `data` (the run's
     DataArguments) and `seed` let `tinyllm eval` score the same held-out documents the run validated on."""
     kept = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}
-    data = {"name": final.name, "data": data, "seed": seed, "summary": summary, "metrics": kept,
+    record = {"name": final.name, "data": data, "seed": seed, "summary": summary, "metrics": kept,
             "tokenizer": tok_report, "samples": samples or [], "tokens_per_step": tokens_per_step,
             "validation_curve": _curve(log_history or [], tokens_per_step)}
-    text = json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n"
+    text = json.dumps(record, indent=2, default=str, ensure_ascii=False) + "\n"
     (staging / SUMMARY_FILE).write_text(text, encoding="utf-8")
     evals = final / EVAL_FILE  # an earlier `tinyllm eval` of a run being resumed
     render_report(staging, evals_from=evals if evals.is_file() else None)
