@@ -251,19 +251,22 @@ def _sft_metrics(model, tokenizer) -> list[dict]:
 def run_eval(args) -> dict:
     from .chat import is_chat_model
     from .device import detect_device
+    from .generation import seed_everything
+    from .io import atomic_file
     from .report import SUMMARY_FILE, render_report
     from .runtime import load_model_folder
 
     model, tokenizer = load_model_folder(args.model, device=args.device or detect_device())
     model.eval()
-    from .generation import seed_everything
-
     seed_everything(args.seed)
     run_file = Path(args.model) / SUMMARY_FILE
     run = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else {}
     chat = is_chat_model(model, tokenizer)
     tasks = _tasks(args, chat, bool(run.get("data")))
     results: list[dict] = []
+    if "sft" in tasks and not chat:  # checked before any task runs, as unknown task names are
+        raise ConfigError(f"task 'sft' needs a chat model (instruction-tuned with tinyllm sft); {args.model} "
+                          f"is a base model")
     harness = [t for t in tasks if t not in BUILTIN_TASKS]
     manager = task_manager(harness, args.include_path) if harness else None
     for task in tasks:
@@ -281,9 +284,6 @@ def run_eval(args) -> dict:
                 results.append(r)
                 print(f"{r['task']}: accuracy {r['value']:.3f} (chance {r['chance']:.2f}, {r['n']} questions)")
         elif task == "sft":
-            if not chat:
-                raise ConfigError(f"task 'sft' needs a chat model (instruction-tuned with tinyllm sft); {args.model} "
-                                  f"is a base model")
             for r in _sft_metrics(model, tokenizer):
                 results.append(r)
                 print(f"{r['task']}: {r['metric']} {r['value']:.3f}")
@@ -293,8 +293,6 @@ def run_eval(args) -> dict:
             print(f"{r['task']}: {r['metric']} {r['value']:.4f} (lm-evaluation-harness)")
     report = {"model": str(args.model), "tasks": tasks, "results": results}
     out = Path(args.output) if args.output else Path(args.model) / "eval_results.json"
-    from .io import atomic_file
-
     with atomic_file(out, overwrite=True) as tmp:
         tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if not args.output:
