@@ -6,6 +6,8 @@
    state tokens/s (median of the per-iteration / per-interval rates after warm-up) and wall time;
 2. decoding in-process at batch 1: nanoGPT's own `GPT.generate` (imported from the checkout, the trained nanoGPT
    checkpoint) against tinyllm's generation path on the tinyllm model, 500 new characters, best of --repeats;
+   with `quality`, the recipe tuned for quality per second (recipes/configs/shakespeare_char_speedrun.yaml) runs
+   in the same rotation: its validation loss and wall time against nanoGPT's;
 3. the whole command a user types: `python sample.py --out_dir=... --device=cpu` (10 samples x 500 characters)
    against `tinyllm generate --num_samples 10 --max_new_tokens 500`, best of --repeats.
 
@@ -47,10 +49,11 @@ def nanogpt_train(nano: Path, out: Path, iters: int) -> dict:
     return {"wall": wall, "tok_s": 12 * 64 / (statistics.median(ms) / 1000), "val": val[-1] if val else None}
 
 
-def tinyllm_train(out: Path, iters: int) -> dict:
-    cmd = [sys.executable, "recipes/pretrain.py", "--config", "recipes/configs/shakespeare_char.yaml",
-           "--max_steps", str(iters), "--output_dir", str(out), "--overwrite_output_dir", "true", "--report_to", "none",
-           "--logging_steps", "50", "--save_steps", str(10 * iters), "--plot_loss", "false"]
+def tinyllm_train(out: Path, iters: int | None, config: str = "shakespeare_char") -> dict:
+    cmd = [sys.executable, "recipes/pretrain.py", "--config", f"recipes/configs/{config}.yaml",
+           "--output_dir", str(out), "--overwrite_output_dir", "true", "--report_to", "none",
+           "--logging_steps", "50", "--save_steps", "100000", "--plot_loss", "false"]
+    cmd += ["--max_steps", str(iters)] if iters else []
     start = time.perf_counter()
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -125,8 +128,9 @@ def main() -> int:
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--work_dir", default=None, help="keep the trained models here (default: a temporary folder)")
-    p.add_argument("--parts", default="train,decode,command", help="which comparisons to run; decode and command "
-                                                                   "reuse the models trained in --work_dir")
+    p.add_argument("--parts", default="train,quality,decode,command",
+                   help="which comparisons to run (quality runs with train); decode and command reuse the models "
+                        "trained in --work_dir")
     a = p.parse_args()
     parts = set(a.parts.split(","))
     nano = Path(a.nanogpt_dir).resolve()
@@ -136,12 +140,16 @@ def main() -> int:
         return 2
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=nano, capture_output=True, text=True)
     tmp = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp())
-    runs_t, runs_o = [], []
-    for r in range(a.repeats if "train" in parts else 0):  # alternating: both see the same machine conditions
+    runs_t, runs_o, runs_q = [], [], []
+    for r in range(a.repeats if "train" in parts else 0):  # alternating: all see the same machine conditions
         runs_t.append(nanogpt_train(nano, tmp / "nano", a.iters))
         runs_o.append(tinyllm_train(tmp / "ours", a.iters))
-        print(f"run {r + 1}: nanoGPT {runs_t[-1]['tok_s']:,.0f} tok/s ({runs_t[-1]['wall']:.0f} s wall), tinyllm "
-              f"{runs_o[-1]['tok_s']:,.0f} tok/s ({runs_o[-1]['wall']:.0f} s wall)", flush=True)
+        if "quality" in parts:
+            runs_q.append(tinyllm_train(tmp / "speedrun", None, "shakespeare_char_speedrun"))
+        print(f"run {r + 1}: nanoGPT {runs_t[-1]['tok_s']:,.0f} tok/s ({runs_t[-1]['wall']:.0f} s wall, val "
+              f"{runs_t[-1]['val']:.3f}), tinyllm {runs_o[-1]['tok_s']:,.0f} tok/s ({runs_o[-1]['wall']:.0f} s wall)"
+              + (f", speedrun recipe val {runs_q[-1]['val']:.3f} ({runs_q[-1]['wall']:.0f} s wall)" if runs_q else ""),
+              flush=True)
     nan = float("nan")
     dec_t, dec_o = decode_in_process(nano, tmp / "nano", tmp / "ours", 500, max(3, a.repeats)) \
         if "decode" in parts else (nan, nan)
@@ -154,12 +162,15 @@ def main() -> int:
     t_tok, o_tok = med(r["tok_s"] for r in runs_t), med(r["tok_s"] for r in runs_o)
     t_wall, o_wall = med(r["wall"] for r in runs_t), med(r["wall"] for r in runs_o)
     t_val, o_val = med(r["val"] for r in runs_t), med(r["val"] for r in runs_o)
+    q_val, q_wall = med(r["val"] for r in runs_q), med(r["wall"] for r in runs_q)
     print(f"\nnanoGPT checkout: {commit.stdout.strip() or '?'}; {os.cpu_count()} CPU threads; shakespeare_char, "
           f"{a.iters} iterations, batch 12 x 64, 4 layers / 4 heads / 128 wide; median of {a.repeats} alternating "
           f"runs\n")
     rows = [("training tokens/s (steady state)", f"{t_tok:,.0f}", f"{o_tok:,.0f}", f"{o_tok / t_tok:.2f}x"),
             ("training wall time, whole command (s)", f"{t_wall:.0f}", f"{o_wall:.0f}", f"{t_wall / o_wall:.2f}x"),
             ("final validation loss", f"{t_val:.3f}", f"{o_val:.3f}", ""),
+            ("validation loss in nanoGPT's wall time: shakespeare_char_speedrun.yaml (loss, wall s)",
+             f"{t_val:.3f} ({t_wall:.0f} s)", f"{q_val:.3f} ({q_wall:.0f} s)", ""),
             ("decoding at batch 1, in-process (tokens/s, best)", f"{dec_t:,.0f}", f"{dec_o:,.0f}",
              f"{dec_o / dec_t:.2f}x"),
             ("10 samples x 500 characters, whole command (s, best)", f"{cmd_t:.1f}", f"{cmd_o:.1f}",

@@ -207,6 +207,7 @@ def parse_args(option_types: Sequence[type], argv: Sequence[str] | None = None, 
                 raise ConfigError(f"unknown key '{key}' in {config_path}{suggest(key, names)}; see --help for valid "
                                   f"keys")
             defaults[key] = _coerce(key, value, hints[key], config_path)
+    cli = _take_mappings(cli, hints, defaults)
     for arg in cli:
         if arg.startswith("--"):
             key = arg[2:].split("=", 1)[0]
@@ -225,6 +226,36 @@ def parse_args(option_types: Sequence[type], argv: Sequence[str] | None = None, 
     if remaining:
         raise ConfigError(f"unexpected argument(s): {' '.join(remaining)}; options look like --key value")
     return tuple(objs)
+
+
+def _is_mapping(hint: Any) -> bool:
+    return hint is dict or typing.get_origin(hint) is dict or any(
+        a is dict or typing.get_origin(a) is dict for a in typing.get_args(hint))
+
+
+def _take_mappings(cli: list[str], hints: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
+    """Mapping options given on the command line (`--lr_scheduler_kwargs '{"min_lr_rate": 0.0}'`, JSON or YAML
+    flow style) go into `defaults`, parsed; argparse alone cannot type a mapping. Returns the other arguments."""
+    import yaml
+
+    rest, i = [], 0
+    while i < len(cli):
+        arg = cli[i]
+        key, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if key in hints and _is_mapping(hints[key]):
+            if not eq:
+                if i + 1 >= len(cli):
+                    raise ConfigError(f"--{key} needs a value, e.g. --{key} '{{\"name\": 1}}'")
+                value, i = cli[i + 1], i + 1
+            try:
+                parsed = yaml.safe_load(value) if value.strip() else {}
+            except yaml.YAMLError:
+                parsed = value
+            defaults[key] = _coerce(key, {} if parsed is None else parsed, hints[key], "the command line")
+        else:
+            rest.append(arg)
+        i += 1
+    return rest
 
 
 def _is_number(text: str) -> bool:

@@ -172,6 +172,10 @@ class SFTDataArguments:
             )
 
 
+COMPILE_HELP = ("Compile the one-token decoding step (torch.compile, static KV cache): ~2x tokens/s at batch 1 "
+                "after a one-time compilation of seconds; pays back on long outputs and servers.")
+
+
 @dataclass
 class GenerationArguments:
     model: str = field(default="outputs/quickstart", metadata={"help": "A saved model folder (or Hub id if cached)."})
@@ -188,6 +192,7 @@ class GenerationArguments:
     num_samples: int = field(default=1, metadata={"help": "How many samples to print."})
     seed: int = field(default=0, metadata={"help": "Random seed for sampling."})
     device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, mps (default: best available)."})
+    compile: bool = field(default=False, metadata={"help": COMPILE_HELP})
 
 
 @dataclass
@@ -259,6 +264,11 @@ class PretrainTrainingOptions(RunDefaults):
         default=None, metadata={"help": "'|'-separated prompts sampled at each evaluation (default: from the corpus)."}
     )
     sample_max_new_tokens: int = field(default=64, metadata={"help": "Tokens per sample at evaluation."})
+    matrix_optimizer: str = field(default="adamw", metadata={
+        "help": "adamw, or muon: Muon for the hidden weight matrices (AdamW, --optim, keeps the embeddings, head "
+                "and norms)."})
+    muon_learning_rate: float = field(default=0.02, metadata={"help": "Peak learning rate of the Muon matrices."})
+    muon_weight_decay: float = field(default=0.0, metadata={"help": "Decoupled weight decay of the Muon matrices."})
 
 
 @dataclass
@@ -335,6 +345,7 @@ class ServeArguments:
     max_queue: int = field(default=8, metadata={"help": "Requests that may wait for the model; more get 503."})
     max_tokens_cap: int = field(default=2048, metadata={"help": "Largest max_tokens a request may ask for."})
     device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, mps (default: best available)."})
+    compile: bool = field(default=False, metadata={"help": COMPILE_HELP + " Compiled at start-up."})
 
 
 @dataclass

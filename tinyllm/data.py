@@ -82,7 +82,7 @@ def _tokenize_fn(tokenizer):
     eos = tokenizer.eos_token_id
 
     def tokenize(batch):
-        ids = tokenizer(batch["text"], add_special_tokens=True)["input_ids"]  # bos + text
+        ids = tokenizer(batch["text"], add_special_tokens=True, verbose=False)["input_ids"]  # bos + text
         return {"input_ids": [x + [eos] for x in ids]}
 
     return tokenize
@@ -154,7 +154,7 @@ def build_lm_datasets(data: DataArguments, tokenizer, seed: int = 0) -> LMData:
 def _ratios(texts: list[str], tokenizer) -> tuple[float, float]:
     """Predicted tokens (text + eos; bos is masked) per UTF-8 byte and per character, to turn the loss per
     token into bits per byte / per character, which do not depend on the tokenizer."""
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
     n_tok = sum(len(x) + 1 for x in ids)
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
     n_chars = sum(len(t) for t in texts)

@@ -12,7 +12,8 @@ import sys
 from dataclasses import dataclass
 
 __all__ = ["drop_partial_char", "Utf8Streamer", "Generation", "generate_ids", "generate_text", "next_window",
-           "sampling_kwargs", "seed_everything", "generate_batch", "run_generate", "run_chat", "token_ids"]
+           "sampling_kwargs", "seed_everything", "generate_batch", "run_generate", "run_chat", "token_ids",
+           "compile_decoding"]
 
 
 def drop_partial_char(text: str) -> str:
@@ -111,9 +112,10 @@ def generate_ids(model, prompt_ids: list[int], max_new_tokens: int = 100, eos: l
     called for each new token; `should_stop()` is checked between tokens (a client that went away)."""
     import torch
 
-    from .fast_decode import fast_decode
+    from .fast_decode import fast_decode, fast_processors
 
     ctx, start, eos_set, pad = _decoding_setup(model, prompt_ids, eos)
+    setup = fast_processors(model, sampling)
     device = next(model.parameters()).device
     ids = torch.tensor([start], device=device)
     new: list[int] = []
@@ -131,7 +133,7 @@ def generate_ids(model, prompt_ids: list[int], max_new_tokens: int = 100, eos: l
         try:
             while remaining > 0:
                 window, step = next_window(ids, remaining, ctx, generated=bool(new))
-                chunk = fast_decode(model, window, step, sampling, eos_set, report)
+                chunk = fast_decode(model, window, step, setup, eos_set, report)
                 if chunk is None:
                     out = model.generate(input_ids=window, attention_mask=torch.ones_like(window), max_new_tokens=step,
                                          eos_token_id=list(eos_set), pad_token_id=pad if pad is not None else
@@ -200,7 +202,29 @@ def _load(args):
     from .runtime import load_model_folder
 
     model, tokenizer = load_model_folder(args.model, device=args.device or detect_device())
+    if getattr(args, "compile", False):
+        compile_decoding(model)
     return model.eval(), tokenizer
+
+
+def compile_decoding(model, warm_up: bool = False) -> bool:
+    """`--compile`: route batch-1 decoding through a compiled step (tinyllm.fast_decode.CompiledDecoder) with a
+    static cache of the model's context (at most 1024 positions; longer windows decode eagerly). `warm_up`
+    compiles now rather than at the first token. Returns False, with a warning, where the model cannot be."""
+    import logging
+
+    from .fast_decode import enable_compiled_decoding
+
+    log = logging.getLogger(__name__)
+    if not enable_compiled_decoding(model, min(_context(model), 1024)):
+        log.warning("--compile: %s cannot be compiled with a static cache; decoding eagerly",
+                    type(model).__name__)
+        return False
+    log.info("--compile: the decoding step is compiled once (seconds), at the %s", "start" if warm_up else
+             "first token")
+    if warm_up:
+        generate_ids(model.eval(), [0], 2, eos=[], do_sample=False)
+    return True
 
 
 def seed_everything(seed: int) -> None:

@@ -197,7 +197,7 @@ def _train(run: PretrainRun, model, resume):
 
     from .callbacks import DoctorCallback, InterruptCallback, SampleCallback, TinyTrainer
     from .device import compile_loader_settings
-    from .runtime import train_with_recovery
+    from .runtime import final_evaluation, train_with_recovery
 
     args, lm = run.args, run.lm
     run.prompts = [p for p in (args.sample_prompts or "").split("|") if p] or default_prompts(run.data,
@@ -215,6 +215,7 @@ def _train(run: PretrainRun, model, resume):
             processing_class=run.tokenizer, callbacks=[sampler, doctor, interrupt],
             tokens_per_step=run.plan["tokens_per_step"], eval_tokens_per_byte=lm.eval_tokens_per_byte,
             eval_tokens_per_char=lm.eval_tokens_per_char, entropy_floor=run.floor,
+            optimizer_cls_and_kwargs=args.optimizer_factory(),
         )
 
     if run.model_args.model_name_or_path and lm.eval is not None and not resume:
@@ -232,7 +233,7 @@ def _train(run: PretrainRun, model, resume):
     run.seconds = time.time() - start
     run.metrics.update(result.metrics)
     if lm.eval is not None:
-        run.metrics.update(trainer.evaluate())
+        run.metrics.update(final_evaluation(trainer))
     run.metrics["train_tokens"] = lm.train_tokens
     if run.floor is not None:
         run.metrics["entropy_floor_bits_per_char"] = round(run.floor, 4)

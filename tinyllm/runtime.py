@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import ConfigError, TinyLLMError, first_line
 
-__all__ = ["Interrupted", "RunSetup", "load_tokenizer", "resolve_model_path", "check_model_folder",
+__all__ = ["Interrupted", "RunSetup", "final_evaluation", "load_tokenizer", "resolve_model_path", "check_model_folder",
            "load_model_folder",
            "find_last_checkpoint", "resolve_resume", "check_checkpoint_matches", "prepare_run",
            "train_with_recovery", "context_length"]
@@ -226,6 +226,19 @@ def _already_finished(make_trainer, model, resume: str, max_steps: int):
     last = losses[-1] if losses else float("nan")
     logger.info("%s already reached max_steps=%d: nothing left to train", resume, max_steps)
     return trainer, TrainOutput(trainer.state.global_step, last, {"train_runtime": 0.0, "train_loss": last})
+
+
+def final_evaluation(trainer) -> dict:
+    """The validation metrics of the trained model: Trainer's own evaluation at the last step when it made one
+    (a step-based schedule evaluates at the end), else a fresh trainer.evaluate(). Evaluating twice would also
+    sample twice: seconds of a short run."""
+    state = trainer.state
+    for entry in reversed(state.log_history):
+        if "eval_loss" in entry:
+            if entry.get("step") == state.global_step:
+                return {k: v for k, v in entry.items() if k.startswith("eval_") or k == "epoch"}
+            break
+    return trainer.evaluate()
 
 
 def train_with_recovery(make_trainer, model, args, resume, interrupt, reload_model, max_halvings: int = 4):

@@ -149,7 +149,8 @@ class ModelWorker:
 
 # ---------------------------------------------------------------- the app
 
-def create_app(model_dir: str, api_key: str | None = None, limits: Limits | None = None, device: str | None = None):
+def create_app(model_dir: str, api_key: str | None = None, limits: Limits | None = None, device: str | None = None,
+               compile: bool = False):
     """The FastAPI app serving one model folder."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
@@ -158,12 +159,14 @@ def create_app(model_dir: str, api_key: str | None = None, limits: Limits | None
 
     from .chat import fit_conversation, is_chat_model
     from .device import detect_device
-    from .generation import chat_eos_ids, token_ids
+    from .generation import chat_eos_ids, compile_decoding, token_ids
     from .runtime import context_length, load_model_folder
 
     limits = limits or Limits()
     model, tokenizer = load_model_folder(model_dir, device=device or detect_device())
     model.eval()
+    if compile:
+        compile_decoding(model, warm_up=True)
     name = Path(model_dir).resolve().name
     chat = is_chat_model(model, tokenizer)
     ctx = context_length(model.config) or 2048
@@ -327,7 +330,7 @@ def run_serve(args) -> int:
         logger.warning("serving on %s: reachable from other machines%s", args.host,
                        "" if args.api_key else " and without --api_key, anyone who can reach it can use it")
     limits = Limits(max_queue=args.max_queue, max_tokens=args.max_tokens_cap)
-    app = create_app(args.model, api_key=args.api_key, limits=limits, device=args.device)
+    app = create_app(args.model, api_key=args.api_key, limits=limits, device=args.device, compile=args.compile)
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

@@ -195,7 +195,7 @@ class SFTRun:
 
 def run_sft(model_args, data, lora, args) -> Path:
     """The SFT stage, as a list of steps. Returns the output folder."""
-    from .runtime import prepare_run
+    from .runtime import final_evaluation, prepare_run
     from .sft_data import build_sft_datasets
 
     setup = prepare_run(args)
@@ -216,7 +216,7 @@ def run_sft(model_args, data, lora, args) -> Path:
         return build_lora_model(load_base(model_args.model_name_or_path)[0], lora, token_ids)
 
     trainer, result, seconds, eval_before = _train(model, tokenizer, sft, args, setup.resume, reload)
-    eval_after = trainer.evaluate() if sft.eval is not None else {}
+    eval_after = final_evaluation(trainer) if sft.eval is not None else {}
     after = evaluate_answers(trainer.model, tokenizer, sft.eval_conversations, data.eval_max_new_tokens)
     logger.info("after SFT: exact match %.3f, stopped %.3f", after["exact_match"], after["stopped_rate"])
     metrics = {**result.metrics, "sft_runtime_s": round(seconds, 1),

@@ -49,7 +49,7 @@ def tokenizer_report(tokenizer, heldout: list[str], train_seconds: float, tokeni
         groups.setdefault(language_of(doc), []).append(doc)
 
     def stats(docs: list[str]) -> dict:
-        ntok = sum(len(ids) for ids in tokenizer(docs, add_special_tokens=False)["input_ids"])
+        ntok = sum(len(ids) for ids in tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"])
         nchar = sum(len(d) for d in docs)
         nbyte = sum(len(d.encode("utf-8")) for d in docs)
         return {"documents": len(docs), "tokens": ntok, "characters": nchar, "bytes": nbyte,

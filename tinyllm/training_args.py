@@ -12,6 +12,9 @@ from transformers import TrainingArguments
 
 from .config import PretrainTrainingOptions, SFTTrainingOptions
 from .device import declare_cpu
+from .errors import ConfigError, suggest
+
+MATRIX_OPTIMIZERS = ("adamw", "muon")
 
 __all__ = ["PretrainingArguments", "SFTTrainingArguments", "training_arguments_class"]
 
@@ -21,8 +24,46 @@ class PretrainingArguments(PretrainTrainingOptions, TrainingArguments):
     """TrainingArguments for pretraining small LMs from scratch (defaults in tinyllm.config)."""
 
     def __post_init__(self):
+        if self.matrix_optimizer not in MATRIX_OPTIMIZERS:
+            raise ConfigError(f"matrix_optimizer must be one of {', '.join(MATRIX_OPTIMIZERS)}, got "
+                              f"'{self.matrix_optimizer}'" + suggest(self.matrix_optimizer, MATRIX_OPTIMIZERS))
+        _check_scheduler_kwargs(self)
         declare_cpu(self)  # before TrainingArguments resolves its device
         super().__post_init__()
+
+    def optimizer_factory(self) -> tuple | None:
+        """Trainer's `optimizer_cls_and_kwargs` for --matrix_optimizer muon (None: Trainer's own AdamW)."""
+        if self.matrix_optimizer != "muon":
+            return None
+        from .optim import MuonFactory
+
+        return MuonFactory, {"lr": self.learning_rate, "muon_lr": self.muon_learning_rate,
+                             "weight_decay": self.weight_decay, "muon_weight_decay": self.muon_weight_decay,
+                             "betas": (self.adam_beta1, self.adam_beta2), "eps": self.adam_epsilon}
+
+
+def _check_scheduler_kwargs(args) -> None:
+    """The default `min_lr_rate` belongs to the default schedule: another `--lr_scheduler_type` drops it, and a
+    keyword the chosen schedule does not take is a one-line error here, not a TypeError at the first step."""
+    import inspect
+
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+    from transformers.trainer_utils import SchedulerType
+
+    kwargs = dict(args.lr_scheduler_kwargs or {})
+    try:
+        kind = SchedulerType(args.lr_scheduler_type)
+    except ValueError:
+        return  # TrainingArguments names the valid schedules
+    if kind != SchedulerType.COSINE_WITH_MIN_LR and kwargs == {"min_lr_rate": 0.1}:
+        kwargs = {}
+    accepted = set(inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[kind]).parameters)
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        takes = sorted(accepted - {"optimizer", "num_training_steps", "num_warmup_steps"})
+        raise ConfigError(f"lr_scheduler_kwargs {', '.join(unknown)} not accepted by the '{kind.value}' schedule "
+                          f"(it takes: {', '.join(takes) or 'nothing'}); fix --lr_scheduler_kwargs")
+    args.lr_scheduler_kwargs = kwargs
 
 
 @dataclass
