@@ -84,3 +84,20 @@ def test_compiled_runs_avoid_the_epoch_end_recompile(compile_, n_train, workers,
     settings = dev.compile_loader_settings(args, n_train)
     assert settings.get("dataloader_drop_last", False) is drop  # a partial batch would change the traced shapes
     assert settings.get("dataloader_persistent_workers", False) is persistent
+
+
+@pytest.mark.parametrize("device, compiler, kept", [
+    ("cpu", "/usr/bin/c++", True), ("cpu", None, False), ("mps", "/usr/bin/c++", False),
+])
+def test_torch_compile_is_dropped_with_a_warning_where_it_cannot_work(monkeypatch, caplog, device, compiler, kept):
+    import shutil
+
+    monkeypatch.setattr(dev, "detect_device", lambda use_cpu=False: device)
+    monkeypatch.setattr(shutil, "which", lambda name: compiler)
+    args = _args(torch_compile=True)
+    with caplog.at_level("WARNING", logger="tinyllm.device"):
+        line = dev.apply_precision_policy(args)
+    assert args.torch_compile is kept and ("torch.compile" in line) is kept
+    assert any("torch_compile" in r.getMessage() for r in caplog.records) is not kept
+    if not kept:
+        assert args.torch_compile_backend is None  # Trainer builds its dynamo plugin from the backend

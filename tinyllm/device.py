@@ -70,6 +70,8 @@ def apply_precision_policy(args) -> str:
 
         # Trainer looks args.optim up in a dict keyed by this enum (a plain string would not be found)
         args.optim = OptimizerNames.ADAMW_TORCH_FUSED
+    if getattr(args, "torch_compile", False):
+        _check_compile(args, device)
     attn = "sdpa"
     name = torch.cuda.get_device_name(0) if device == "cuda" else device
     desc = f"device: {name} | precision: {choice}{' (auto)' if args.precision == 'auto' else ''} | attention: {attn}"
@@ -78,6 +80,21 @@ def apply_precision_policy(args) -> str:
     if getattr(args, "torch_compile", False):
         desc += " | torch.compile"
     return desc
+
+
+def _check_compile(args, device: str) -> None:
+    """torch.compile where it works: not on Apple MPS (experimental there), and on the CPU only with a C++
+    compiler (Inductor writes C++). Otherwise train eagerly, with a warning, rather than fail at the first step."""
+    import shutil
+
+    why = None
+    if device == "mps":
+        why = "torch.compile's Apple MPS backend is experimental"
+    elif device == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++", "cl")):
+        why = "compiling for the CPU needs a C++ compiler (g++ or clang++), and none is on PATH"
+    if why:
+        logger.warning("torch_compile: %s; training without it", why)
+        args.torch_compile, args.torch_compile_backend, args.torch_compile_mode = False, None, None
 
 
 def compile_loader_settings(args, n_train: int | None) -> dict:
