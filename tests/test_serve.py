@@ -113,6 +113,21 @@ def test_openai_client_chat_completions_and_models(server, chat_model):
     assert greedy[0] == greedy[1]
 
 
+def test_compiled_server_answers_as_the_eager_one(server, chat_model):
+    """`--compile true` compiles the decoding step at start-up; greedy answers equal the eager server's."""
+    fast = Server(chat_model, "--compile", "true")
+    try:
+        msgs = [{"role": "user", "content": "What does a cat say?"}]
+        answers = [_client(s).chat.completions.create(model=chat_model.name, messages=msgs, max_tokens=16,
+                                                      temperature=0) for s in (fast, server)]
+    finally:
+        code, _, err = fast.stop()
+    assert code == 0, err[-2000:]
+    assert "--compile: the decoding step is compiled once" in err
+    assert answers[0].choices[0].message.content == answers[1].choices[0].message.content
+    assert answers[0].usage.completion_tokens == answers[1].usage.completion_tokens > 0
+
+
 def test_stop_strings_cut_the_text_the_same_streamed_or_not(server, chat_model):
     client = _client(server)
     msgs = [{"role": "user", "content": "Tell me a story."}]
