@@ -36,6 +36,9 @@ def main() -> int:
     p.add_argument("--data_dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     p.add_argument("--vocab_size", type=int, default=8000)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--sample_fractions", default="",
+                   help="also learn the default tokenizer on these fractions of the training documents, e.g. "
+                        "0.5,0.3,0.2 (what sampling would trade in compression for speed)")
     a = p.parse_args()
     import random
 
@@ -69,9 +72,9 @@ def main() -> int:
                                                   learn_pattern=SPLIT_PATTERN))
     n_whole = sum(len(x) for x in whole(held, add_special_tokens=False)["input_ids"])
 
-    def sp_train():
+    def sp_train(corpus: str = "corpus.txt"):
         spm.SentencePieceTrainer.train(
-            input=str(tmp / "corpus.txt"), model_prefix=str(tmp / "sp"), vocab_size=a.vocab_size, model_type="bpe",
+            input=str(tmp / corpus), model_prefix=str(tmp / "sp"), vocab_size=a.vocab_size, model_type="bpe",
             character_coverage=0.9995, byte_fallback=True, num_threads=os.cpu_count(), minloglevel=2,
             max_sentence_length=1 << 20, train_extremely_large_corpus=False)
         return spm.SentencePieceProcessor(model_file=str(tmp / "sp.model"))
@@ -92,6 +95,19 @@ def main() -> int:
     print(f"| sentencepiece BPE (byte fallback) | {t_sp:.2f} | {chars_held / n_sp:.3f} | {rt_sp} |")
     print(f"\nspeed ratio (sentencepiece time / ours): {t_sp / t_ours:.2f}x; compression ratio (ours / sp): "
           f"{(chars_held / n_ours) / (chars_held / n_sp):.3f}")
+    if a.sample_fractions:
+        print("\n| learned on a sample of the training documents | tinyllm train time (s) | held-out chars/token "
+              "| sentencepiece on the same sample (s) | chars/token | sentencepiece on all (s) / tinyllm |\n"
+              "|---|---:|---:|---:|---:|---:|")
+        for frac in [float(f) for f in a.sample_fractions.split(",")]:
+            sub = train[: max(1, int(len(train) * frac))]
+            (tmp / "sample.txt").write_text("\n".join(d.replace("\n", " ") for d in sub), encoding="utf-8")
+            t_sub, sub_tok = best(lambda: train_tokenizer(sub, "bpe", a.vocab_size, show_progress=False))
+            n_sub = sum(len(x) for x in sub_tok(held, add_special_tokens=False)["input_ids"])
+            t_sp_sub, sp_sub = best(lambda: sp_train("sample.txt"))
+            n_sp_sub = sum(len(x) for x in sp_sub.encode(held))
+            print(f"| {frac:.0%} | {t_sub:.2f} | {chars_held / n_sub:.3f} | {t_sp_sub:.2f} | "
+                  f"{chars_held / n_sp_sub:.3f} | {t_sp / t_sub:.2f}x |")
     json.dump({"ours_s": t_ours, "sp_s": t_sp, "ours_cpt": chars_held / n_ours, "sp_cpt": chars_held / n_sp},
               sys.stderr)
     return 0
