@@ -96,6 +96,17 @@ def main() -> int:
     print(f"\nspeed ratio (sentencepiece time / ours): {t_sp / t_ours:.2f}x; compression ratio (ours / sp): "
           f"{(chars_held / n_ours) / (chars_held / n_sp):.3f}")
     if a.sample_fractions:
+        from tokenizers import Regex, pre_tokenizers
+
+        from tinyllm.tokenizer import LEARN_SPLIT_PATTERN
+
+        for name, pre in (("the learn split (regex)", pre_tokenizers.Split(Regex(LEARN_SPLIT_PATTERN), "isolated")),
+                          ("the byte-level mapping", pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                                              use_regex=False))):
+            t = time.perf_counter()
+            for d in train:
+                pre.pre_tokenize_str(d)
+            print(f"pre-tokenization alone, {name}, one thread from Python: {time.perf_counter() - t:.2f} s")
         print("\n| learned on a sample of the training documents | tinyllm train time (s) | held-out chars/token "
               "| sentencepiece on the same sample (s) | chars/token | sentencepiece on all (s) / tinyllm |\n"
               "|---|---:|---:|---:|---:|---:|")
