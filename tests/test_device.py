@@ -27,8 +27,8 @@ def test_policy_sets_the_mixed_precision_trainer_reads(monkeypatch, device, bf16
     assert args.mixed_precision == expected  # what Trainer passes to accelerate
     assert args.bf16 == (expected == "bf16") and args.fp16 == (expected == "fp16")
     assert line.startswith("device: ") and "precision:" in line
-    # the default AdamW becomes the fused kernel on CUDA only (Trainer reads args.optim when building it)
-    assert (args.optim == "adamw_torch_fused") == (device == "cuda")
+    # the default AdamW becomes the fused kernel on CUDA and CPU (Trainer reads args.optim when building it)
+    assert (args.optim == "adamw_torch_fused") == (device in ("cuda", "cpu"))
 
 
 @pytest.mark.parametrize("device, precision", [("mps", "fp16"), ("cpu", "fp16")])

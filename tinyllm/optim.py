@@ -64,7 +64,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
         defaults = {"lr": 1e-3, "weight_decay": 0.0, "momentum": momentum, "ns_steps": ns_steps}
         super().__init__(param_groups, defaults)
         adam_groups = [g for g in self.param_groups if not g["use_muon"]]
-        self.adam = torch.optim.AdamW(adam_groups, betas=betas, eps=eps, foreach=True) if adam_groups else None
+        fused = all(p.device.type in ("cpu", "cuda") for g in adam_groups for p in g["params"])
+        self.adam = torch.optim.AdamW(adam_groups, betas=betas, eps=eps, fused=fused or None) if adam_groups else None
         # AdamW adopted the same dicts (add_param_group keeps the dict it is given): a scheduler's lr change on
         # self.param_groups reaches it.
 
