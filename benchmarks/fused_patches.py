@@ -13,9 +13,7 @@ pre-signed sine, the gate and up projections as one matmul.
 import argparse
 import statistics
 import sys
-import time
 import types
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -28,6 +26,7 @@ ARGS = parser.parse_args()
 sys.path.insert(0, str(Path(ARGS.nanogpt_dir).resolve()))
 import transformers.models.llama.modeling_llama as ml  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402  nanoGPT's own model, from the checkout
+from timing import interleaved_times  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from tinyllm.config import ModelArguments  # noqa: E402
@@ -122,15 +121,7 @@ def main() -> int:
         for n in NAMES[1:]:
             ml.apply_rotary_pos_emb = rope if "rope" in n else orig_rope
             outs[n] = setups[n][0](input_ids=x).logits
-    times = defaultdict(list)
-    for n in NAMES:
-        for _ in range(5):
-            step(n)
-    for _ in range(ARGS.steps):  # interleaved: every variant sees the same machine conditions
-        for n in NAMES:
-            t = time.perf_counter()
-            step(n)
-            times[n].append(time.perf_counter() - t)
+    times = interleaved_times(NAMES, step, ARGS.steps)
     ml.apply_rotary_pos_emb = orig_rope
     base = statistics.median(times["nanoGPT"])
     print(f"\nforward + backward + AdamW, batch 12 x 64, median of {ARGS.steps} interleaved steps\n")

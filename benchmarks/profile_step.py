@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
+
+from timing import interleaved_times
 
 KINDS = [  # (kind, substrings of aten op names), first match wins
     ("matmul", ("addmm", "aten::mm", "bmm", "aten::matmul", "aten::linear")),
@@ -96,15 +97,7 @@ def main() -> int:
         opts[n].step()
         opts[n].zero_grad(set_to_none=True)
 
-    times = defaultdict(list)
-    for n in names:
-        for _ in range(5):
-            step(n)
-    for _ in range(a.steps):  # interleaved: every model sees the same machine conditions
-        for n in names:
-            t = time.perf_counter()
-            step(n)
-            times[n].append(time.perf_counter() - t)
+    times = interleaved_times(names, step, a.steps)
     for n in names:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(5):
