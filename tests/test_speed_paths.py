@@ -51,14 +51,16 @@ def test_compiled_decoding_gives_the_eager_tokens_across_slides(bpe_tokenizer):
     eager = generate_ids(model, prompt, 60, eos=never, **sampling).ids
     calls = []
     assert compile_decoding(model)
-    decoder = fast_decode._COMPILED[id(model)]
+    decoder = fast_decode.compiled_decoder(model)
     step = decoder.step
     decoder.step = lambda *a: calls.append(1) or step(*a)  # count the compiled steps taken
     try:
         torch.manual_seed(3)
         compiled = generate_ids(model, prompt, 60, eos=never, **sampling).ids
     finally:
-        fast_decode._COMPILED.pop(id(model))
+        fast_decode.disable_compiled_decoding(model)
+    assert fast_decode.compiled_decoder(model) is None and "_tinyllm_compiled_decoder" not in str(model)
+    assert not any("compiled" in k for k in model.state_dict())
     assert len(eager) > 30 and compiled == eager  # > 30 tokens with a context of 24: slides
     assert len(calls) > 20  # the compiled step did the decoding (one per token after each window's first)
 

@@ -13,7 +13,8 @@ import copy
 import functools
 import inspect
 
-__all__ = ["fast_decode", "fast_processors", "CompiledDecoder", "enable_compiled_decoding"]
+__all__ = ["fast_decode", "fast_processors", "CompiledDecoder", "enable_compiled_decoding", "disable_compiled_decoding",
+           "compiled_decoder"]
 
 # Settings reproduced exactly; anything else goes through generate().
 _FAST_KEYS = {"do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "max_length",
@@ -92,7 +93,7 @@ class CompiledDecoder:
                           logits_to_keep=1, **{self.key: self.cache}).logits[:, -1, :]
 
 
-_COMPILED: dict[int, CompiledDecoder] = {}
+_ATTR = "_tinyllm_compiled_decoder"  # on the model itself: freed with it
 
 
 def enable_compiled_decoding(model, max_len: int) -> bool:
@@ -100,13 +101,21 @@ def enable_compiled_decoding(model, max_len: int) -> bool:
     Returns False, and changes nothing, for a model whose transformers class cannot be compiled this way."""
     if not getattr(model, "_can_compile_fullgraph", False) or getattr(model.config, "is_encoder_decoder", False):
         return False
-    _COMPILED[id(model)] = CompiledDecoder(model, max_len)
+    object.__setattr__(model, _ATTR, CompiledDecoder(model, max_len))  # not a submodule, not in the state dict
     return True
 
 
+def disable_compiled_decoding(model) -> None:
+    model.__dict__.pop(_ATTR, None)
+
+
+def compiled_decoder(model) -> CompiledDecoder | None:
+    return model.__dict__.get(_ATTR)
+
+
 def _compiled_for(model, needed: int) -> CompiledDecoder | None:
-    dec = _COMPILED.get(id(model))
-    return dec if dec is not None and dec.model is model and needed <= dec.max_len else None
+    dec = compiled_decoder(model)
+    return dec if dec is not None and needed <= dec.max_len else None
 
 
 def fast_decode(model, window, steps: int, setup, eos: set, on_token=None) -> list[int] | None:
