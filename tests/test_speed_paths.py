@@ -191,3 +191,26 @@ def test_bad_optimizer_settings_are_one_line_errors(argv, needle):
     with pytest.raises(ConfigError) as err:
         parse_args(COMMANDS["pretrain"].types, ["--output_dir", "/tmp/x", *argv])
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_quick_exit_commands_keep_their_output_and_exit_status(tmp_path):
+    """`tinyllm generate/chat/plan/report` end with os._exit (no ~1 s interpreter finalization): everything they
+    printed, piped and not a terminal, still arrives, the exit status is kept, and a redirected log is whole."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # piped stdout is block-buffered
+
+    def run_cli(*args):
+        return subprocess.run([sys.executable, "-m", "tinyllm", *args], capture_output=True, text=True, cwd=REPO,
+                              env=env, timeout=120)
+
+    ok = run_cli("plan", "--config", "recipes/configs/quickstart.yaml")
+    assert ok.returncode == 0 and "time estimate:" in ok.stdout and ok.stdout.splitlines()[-1].startswith("fits in")
+    bad = run_cli("generate", "--model", str(tmp_path / "missing"), "--prompt", "x")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"tinyllm generate: error: model folder not found: {tmp_path / 'missing'}; train one first "
+        f"(recipes/pretrain.py) or fix the path"]
