@@ -76,7 +76,8 @@ class CompiledDecoder:
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
         self.key = _cache_kwarg(model)
         # cpp_wrapper: the compiled graph is called from C++ rather than a Python wrapper, which at batch 1 on a
-        # small model is most of the step (2,100 -> 2,700 tokens/s on the 0.8M char model, 2-core CPU)
+        # small model is a fifth of the step (2,300 -> 2,900 tokens/s on the 0.8M char model, 2-core CPU:
+        # benchmarks/micro_bench.py)
         self.step = torch.compile(self._forward, dynamic=False, options={"cpp_wrapper": True})
 
     def _forward(self, ids, pos):
