@@ -79,6 +79,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nanogpt_dir", required=True)
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--by_shape", action="store_true",
+                   help="also list the costliest elementwise ops of the Llama step by input shape")
     a = p.parse_args()
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -99,9 +101,17 @@ def main() -> int:
 
     times = interleaved_times(names, step, a.steps)
     for n in names:
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=a.by_shape) as prof:
             for _ in range(5):
                 step(n)
+        if a.by_shape and n == "llama (transformers)":
+            rows = [(ev.self_cpu_time_total / 5, ev.count // 5, ev.key, str(ev.input_shapes))
+                    for ev in prof.key_averages(group_by_input_shape=True)
+                    if ev.key in ("aten::mul", "aten::add", "aten::silu", "aten::silu_backward", "aten::cat")]
+            print("\nLlama, costliest elementwise ops by input shape (per step)\n\n| op | input shapes | calls | us "
+                  "per call |\n|---|---|---:|---:|")
+            for total, count, key, shapes in sorted(rows, reverse=True)[:8]:
+                print(f"| {key} | {shapes} | {count} | {total / max(count, 1):.0f} |")
         by_kind, calls = defaultdict(float), 0
         for ev in prof.key_averages():
             if ev.key.startswith("aten::") and not ev.key.startswith(("aten::empty", "aten::view", "aten::as_strided",
