@@ -30,7 +30,7 @@ def adamw(model) -> dict[str, float]:
 def decode(model, tokenizer) -> dict[str, float]:
     import torch
 
-    from tinyllm.fast_decode import CompiledDecoder, disable_compiled_decoding, enable_compiled_decoding
+    from tinyllm.fast_decode import compiled_decoder, disable_compiled_decoding, enable_compiled_decoding
     from tinyllm.generation import generate_ids
 
     prompt = tokenizer("\n")["input_ids"]
@@ -39,7 +39,7 @@ def decode(model, tokenizer) -> dict[str, float]:
     out = {}
     for name, options in (("python wrapper", {}), ("c++ wrapper", {"cpp_wrapper": True})):
         enable_compiled_decoding(model, 64)
-        dec = model.__dict__["_tinyllm_compiled_decoder"]
+        dec = compiled_decoder(model)
         dec.step = torch.compile(dec._forward, dynamic=False, options=options)
         generate_ids(model, prompt, 40, eos=never, **sampling)  # compiles
         best = 0.0
@@ -49,7 +49,6 @@ def decode(model, tokenizer) -> dict[str, float]:
             best = max(best, len(gen.ids) / (time.perf_counter() - t))
         out[name] = best
         disable_compiled_decoding(model)
-        assert isinstance(dec, CompiledDecoder)
     return out
 
 

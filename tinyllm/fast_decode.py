@@ -89,9 +89,7 @@ class CompiledDecoder:
         import torch
 
         self.cache.reset()
-        pos = torch.arange(window.shape[1], device=window.device)
-        return self.model(input_ids=window, position_ids=pos.unsqueeze(0), cache_position=pos, use_cache=True,
-                          logits_to_keep=1, **{self.key: self.cache}).logits[:, -1, :]
+        return self._forward(window, torch.arange(window.shape[1], device=window.device))
 
 
 _ATTR = "_tinyllm_compiled_decoder"  # on the model itself: freed with it
@@ -129,9 +127,11 @@ def fast_decode(model, window, steps: int, setup, eos: set, on_token=None) -> li
         return None
     procs, do_sample = setup
     compiled = _compiled_for(model, window.shape[1] + steps)
-    cache = {_cache_kwarg(model): DynamicCache(config=model.config)}
+    if compiled is None:
+        cache = {_cache_kwarg(model): DynamicCache(config=model.config)}
+    else:
+        logits = compiled.prefill(window)
     ids, step_input, new = window, window, []
-    logits = compiled.prefill(window) if compiled is not None else None
     for _ in range(steps):
         if compiled is None:
             logits = model(input_ids=step_input, use_cache=True, logits_to_keep=1, **cache).logits[:, -1, :]

@@ -8,12 +8,15 @@ through transformers' `generate()`. Text is streamed UTF-8 safe: never half a Ch
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass
 
 __all__ = ["drop_partial_char", "Utf8Streamer", "Generation", "generate_ids", "generate_text", "next_window",
            "sampling_kwargs", "seed_everything", "generate_batch", "run_generate", "run_chat", "token_ids",
            "compile_decoding"]
+
+logger = logging.getLogger(__name__)
 
 
 def drop_partial_char(text: str) -> str:
@@ -211,16 +214,13 @@ def compile_decoding(model, warm_up: bool = False) -> bool:
     """`--compile`: route batch-1 decoding through a compiled step (tinyllm.fast_decode.CompiledDecoder) with a
     static cache of the model's context (at most 1024 positions; longer windows decode eagerly). `warm_up`
     compiles now rather than at the first token. Returns False, with a warning, where the model cannot be."""
-    import logging
-
     from .fast_decode import enable_compiled_decoding
 
-    log = logging.getLogger(__name__)
     if not enable_compiled_decoding(model, min(_context(model), 1024)):
-        log.warning("--compile: %s cannot be compiled with a static cache; decoding eagerly",
+        logger.warning("--compile: %s cannot be compiled with a static cache; decoding eagerly",
                     type(model).__name__)
         return False
-    log.info("--compile: the decoding step is compiled once (seconds), at the %s", "start" if warm_up else
+    logger.info("--compile: the decoding step is compiled once (seconds), at the %s", "start" if warm_up else
              "first token")
     if warm_up:
         generate_ids(model.eval(), [0], 2, eos=[], do_sample=False)

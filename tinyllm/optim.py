@@ -1,4 +1,4 @@
-"""Muon for the hidden weight matrices, AdamW for the rest (`--optim muon`).
+"""Muon for the hidden weight matrices, AdamW for the rest (`--matrix_optimizer muon`).
 
 Muon (Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural networks") replaces each 2-D hidden
 matrix's momentum update by its nearest semi-orthogonal matrix, computed with five Newton-Schulz iterations.
@@ -89,8 +89,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
                 buf.lerp_(p.grad, 1 - group["momentum"])
                 update = p.grad.lerp(buf, group["momentum"])  # Nesterov
                 tall = p.shape[0] > p.shape[1]  # a tall matrix goes in its wide batch, transposed
-                key = (tuple(update.mT.shape if tall else update.shape), group["ns_steps"])
-                by_shape[key].append((p, group, update.mT if tall else update, tall))
+                wide = update.mT if tall else update
+                by_shape[(tuple(wide.shape), group["ns_steps"])].append((p, group, wide, tall))
         for (_, steps), items in by_shape.items():
             ortho = newton_schulz(torch.stack([u for _, _, u, _ in items]), steps)
             for (p, group, _, tall), o in zip(items, ortho.unbind(0)):
