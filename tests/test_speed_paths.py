@@ -179,17 +179,18 @@ def test_mapping_options_parse_from_the_command_line(argv, expected):
     assert args.lr_scheduler_kwargs == expected
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--lr_scheduler_type", "linear", "--lr_scheduler_kwargs", '{"min_lr_rate": 0.0}'], "min_lr_rate"),
-    (["--lr_scheduler_kwargs", "[1, 2]"], "mapping"),
-    (["--matrix_optimizer", "muonn"], "did you mean 'muon'"),
+@pytest.mark.parametrize("command, argv, needle", [
+    ("pretrain", ["--lr_scheduler_type", "linear", "--lr_scheduler_kwargs", '{"min_lr_rate": 0.0}'], "min_lr_rate"),
+    ("pretrain", ["--lr_scheduler_kwargs", "[1, 2]"], "mapping"),
+    ("pretrain", ["--matrix_optimizer", "muonn"], "did you mean 'muon'"),
+    ("sft", ["--lr_scheduler_kwargs", '{"min_lr_rate": 0.1}'], "min_lr_rate"),  # SFT's cosine takes no minimum
 ])
-def test_bad_optimizer_settings_are_one_line_errors(argv, needle):
+def test_bad_optimizer_settings_are_one_line_errors(command, argv, needle):
     from tinyllm.cli import COMMANDS, parse_args
     from tinyllm.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
-        parse_args(COMMANDS["pretrain"].types, ["--output_dir", "/tmp/x", *argv])
+        parse_args(COMMANDS[command].types, ["--output_dir", "/tmp/x", *argv])
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 

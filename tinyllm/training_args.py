@@ -43,19 +43,27 @@ class PretrainingArguments(PretrainTrainingOptions, TrainingArguments):
 
 
 def _check_scheduler_kwargs(args) -> None:
-    """The default `min_lr_rate` belongs to the default schedule: another `--lr_scheduler_type` drops it, and a
-    keyword the chosen schedule does not take is a one-line error here, not a TypeError at the first step."""
+    """Both stages' schedules: the stage's default `lr_scheduler_kwargs` belong to its default schedule, so another
+    `--lr_scheduler_type` drops them, and a keyword the chosen schedule does not take is a one-line error here, not
+    a TypeError at the first step."""
+    import dataclasses
     import inspect
+    import json
 
     from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
     from transformers.trainer_utils import SchedulerType
 
-    kwargs = dict(args.lr_scheduler_kwargs or {})
+    raw = args.lr_scheduler_kwargs
+    kwargs = dict(json.loads(raw) if isinstance(raw, str) else raw or {})  # TrainingArguments also takes JSON
     try:
         kind = SchedulerType(args.lr_scheduler_type)
     except ValueError:
         return  # TrainingArguments names the valid schedules
-    if kind != SchedulerType.COSINE_WITH_MIN_LR and kwargs == {"min_lr_rate": 0.1}:
+    fields = {f.name: f for f in dataclasses.fields(args)}
+    kw_field = fields["lr_scheduler_kwargs"]
+    default_kwargs = (kw_field.default_factory() if kw_field.default_factory is not dataclasses.MISSING
+                      else kw_field.default)
+    if args.lr_scheduler_type != fields["lr_scheduler_type"].default and kwargs == (default_kwargs or {}):
         kwargs = {}
     accepted = set(inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[kind]).parameters)
     unknown = sorted(set(kwargs) - accepted)
@@ -71,6 +79,7 @@ class SFTTrainingArguments(SFTTrainingOptions, TrainingArguments):
     """TrainingArguments for LoRA instruction tuning (defaults in tinyllm.config)."""
 
     def __post_init__(self):
+        _check_scheduler_kwargs(self)
         declare_cpu(self)
         super().__post_init__()
 
