@@ -213,7 +213,7 @@ class RunDefaults:
     eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: steps, epoch or no."})
     report_to: Optional[list[str]] = field(default_factory=lambda: ["tensorboard"],
                                            metadata={"help": "Loggers: tensorboard, wandb, none, ... (a list)."})
-    # fused AdamW on CUDA is chosen by the device policy; the plain one runs everywhere
+    # the device policy makes this the fused AdamW on CUDA and the CPU; the plain one runs everywhere
     optim: str = field(default="adamw_torch", metadata={"help": "Optimizer name (transformers' names)."})
     # a NaN must surface in the logs, not be averaged away
     logging_nan_inf_filter: bool = field(default=False, metadata={"help": "Filter NaN/inf losses from logs."})
