@@ -22,8 +22,8 @@ def main() -> int:
     p.add_argument("--max_steps", type=int, default=120)
     a = p.parse_args()
     from helpers import STYLES, build_foreign
-    from tinyllm.builtin import generate_corpus
     from tinyllm.cli import run
+    from tinyllm.data.builtin import generate_corpus
 
     docs = [d.text for d in generate_corpus(1500, seed=0)]
     tmp = Path(tempfile.mkdtemp())

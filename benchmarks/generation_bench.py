@@ -41,8 +41,8 @@ def main() -> int:
 
     import torch
 
-    from tinyllm.generation import generate_text, next_window
-    from tinyllm.runtime import load_model_folder
+    from tinyllm.inference.generation import generate_text, next_window
+    from tinyllm.model_io import load_model_folder
 
     model, tok = load_model_folder(a.model, device="cpu")
     model.eval()

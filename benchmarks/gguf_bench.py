@@ -29,9 +29,9 @@ def main() -> int:
     import torch
     from llama_cpp import Llama
 
-    from tinyllm.export import export_gguf
-    from tinyllm.generation import generate_ids
-    from tinyllm.runtime import context_length, load_model_folder
+    from tinyllm.inference.export import export_gguf
+    from tinyllm.inference.generation import generate_ids
+    from tinyllm.model_io import context_length, load_model_folder
 
     threads = os.cpu_count()
     torch.set_num_threads(threads)

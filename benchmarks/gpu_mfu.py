@@ -55,8 +55,8 @@ def main() -> int:
 
     from tinyllm.cli import run
     from tinyllm.config import DataArguments
-    from tinyllm.data import build_lm_datasets
-    from tinyllm.runtime import load_tokenizer
+    from tinyllm.data.packing import build_lm_datasets
+    from tinyllm.model_io import load_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"

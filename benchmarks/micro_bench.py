@@ -30,8 +30,8 @@ def adamw(model) -> dict[str, float]:
 def decode(model, tokenizer) -> dict[str, float]:
     import torch
 
-    from tinyllm.fast_decode import compiled_decoder, disable_compiled_decoding, enable_compiled_decoding
-    from tinyllm.generation import generate_ids
+    from tinyllm.inference.fast_decode import compiled_decoder, disable_compiled_decoding, enable_compiled_decoding
+    from tinyllm.inference.generation import generate_ids
 
     prompt = tokenizer("\n")["input_ids"]
     never = [tokenizer.pad_token_id]
@@ -56,7 +56,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a trained shakespeare_char model folder")
     a = p.parse_args()
-    from tinyllm.runtime import load_model_folder
+    from tinyllm.model_io import load_model_folder
 
     model, tokenizer = load_model_folder(a.model, device="cpu")
     steps = adamw(model.train())

@@ -80,8 +80,8 @@ def decode_in_process(nano: Path, nano_out: Path, ours: Path, n: int, repeats: i
     sys.path.insert(0, str(nano))
     from model import GPT, GPTConfig  # nanoGPT's own model, from the checkout
 
-    from tinyllm.generation import generate_ids
-    from tinyllm.runtime import load_model_folder
+    from tinyllm.inference.generation import generate_ids
+    from tinyllm.model_io import load_model_folder
 
     ckpt = torch.load(nano_out / "ckpt.pt", map_location="cpu", weights_only=False)
     theirs = GPT(GPTConfig(**ckpt["model_args"]))
@@ -107,7 +107,7 @@ def decode_in_process(nano: Path, nano_out: Path, ours: Path, n: int, repeats: i
     best_t = best_o = 0.0
     for _ in range(repeats):
         best_t, best_o = max(best_t, run_theirs()), max(best_o, run_ours())
-    from tinyllm.generation import compile_decoding
+    from tinyllm.inference.generation import compile_decoding
 
     start = time.perf_counter()
     compile_decoding(model, warm_up=True)  # --compile: the one-time compilation, timed on its own

@@ -77,9 +77,9 @@ def main() -> int:
 
     from tinyllm.cli import run
     from tinyllm.config import DataArguments, ModelArguments
-    from tinyllm.data import build_lm_datasets
+    from tinyllm.data.packing import build_lm_datasets
+    from tinyllm.model_io import load_tokenizer
     from tinyllm.modeling import build_config
-    from tinyllm.runtime import load_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bf16 = device == "cuda"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def load_corpus(data_dir: Path) -> list[str]:
-    from tinyllm.corpora import iter_documents
+    from tinyllm.data.corpora import iter_documents
 
     docs = []
     for path in [data_dir / "tiny_shakespeare" / "input.txt", data_dir / "tinystories"]:
@@ -44,7 +44,7 @@ def main() -> int:
 
     import sentencepiece as spm
 
-    from tinyllm.tokenizer import LEGACY_SPLIT_PATTERN, SPLIT_PATTERN, train_tokenizer
+    from tinyllm.data.tokenizer import LEGACY_SPLIT_PATTERN, SPLIT_PATTERN, train_tokenizer
 
     docs = load_corpus(Path(a.data_dir))
     random.Random(0).shuffle(docs)
@@ -98,7 +98,7 @@ def main() -> int:
     if a.sample_fractions:
         from tokenizers import Regex, pre_tokenizers
 
-        from tinyllm.tokenizer import LEARN_SPLIT_PATTERN
+        from tinyllm.data.tokenizer import LEARN_SPLIT_PATTERN
 
         for name, pre in (("the learn split (regex)", pre_tokenizers.Split(Regex(LEARN_SPLIT_PATTERN), "isolated")),
                           ("the byte-level mapping", pre_tokenizers.ByteLevel(add_prefix_space=False,

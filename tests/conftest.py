@@ -25,14 +25,14 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests import their helpers as 
 
 @pytest.fixture(scope="session")
 def builtin_docs():
-    from tinyllm.builtin import generate_corpus
+    from tinyllm.data.builtin import generate_corpus
 
     return [d.text for d in generate_corpus(1500, seed=0)]
 
 
 @pytest.fixture(scope="session")
 def bpe_tokenizer(builtin_docs):
-    from tinyllm.tokenizer import train_tokenizer
+    from tinyllm.data.tokenizer import train_tokenizer
 
     return train_tokenizer(builtin_docs, "bpe", vocab_size=600, show_progress=False)
 

@@ -40,7 +40,7 @@ def world(tmp_path_factory, bpe_tokenizer):
     shutil.copytree(model_dir, corrupted)
     (corrupted / "model.safetensors").write_bytes(b"\x07garbage" * 100)
     other_tok = root / "other_tok"
-    from tinyllm.tokenizer import train_tokenizer
+    from tinyllm.data.tokenizer import train_tokenizer
 
     train_tokenizer([f"w{i} x{i} " * 2 for i in range(4000)], "bpe", vocab_size=2000,
                     show_progress=False).save_pretrained(other_tok)

@@ -3,7 +3,7 @@
 import math
 import random
 
-from tinyllm.builtin import ANIMALS, _Sampler, _story_en, corpus_entropy, generate_corpus, generate_qa
+from tinyllm.data.builtin import ANIMALS, _Sampler, _story_en, corpus_entropy, generate_corpus, generate_qa
 
 
 def test_log_probability_matches_choices():

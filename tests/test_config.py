@@ -111,7 +111,7 @@ def test_yaml_lists_and_mappings_survive(tmp_path):
 def test_python_callers_get_the_cpu_declaration():
     """The device policy, not the command line, declares the CPU (DDP over gloo scales the loss right only then)."""
     from tinyllm.device import detect_device
-    from tinyllm.training_args import PretrainingArguments
+    from tinyllm.training.arguments import PretrainingArguments
 
     args = PretrainingArguments(output_dir="/tmp/x", report_to="none")
     assert args.use_cpu is (detect_device() == "cpu")

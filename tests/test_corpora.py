@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 
 from helpers import SHARED_DATA, needs_shared_data
-from tinyllm.corpora import NAMED_CORPORA, CorpusFile, download, iter_documents
+from tinyllm.data.corpora import NAMED_CORPORA, CorpusFile, download, iter_documents
 from tinyllm.errors import DataError
 
 

@@ -7,7 +7,7 @@ from tinyllm.errors import ConfigError
 
 
 def _args(**kw):
-    from tinyllm.training_args import PretrainingArguments
+    from tinyllm.training.arguments import PretrainingArguments
 
     return PretrainingArguments(output_dir="/tmp/x", report_to="none", use_cpu=True, **kw)
 
@@ -41,7 +41,7 @@ def test_unsupported_precision_is_a_clear_error(monkeypatch, device, precision):
 def test_cpu_bf16_run_trains_in_bf16_autocast(tmp_path, tokenizer_dir, capsys, monkeypatch):
     """End to end on CPU: --precision bf16 reaches the Trainer's accelerator (its autocast), and the run completes."""
     from helpers import TINY_MODEL_ARGS, run_inprocess
-    from tinyllm.callbacks import TinyTrainer
+    from tinyllm.training.callbacks import TinyTrainer
 
     seen = []
     original = TinyTrainer.__init__

@@ -76,8 +76,8 @@ def test_sft_two_processes_match_one(tmp_path, tokenizer_dir):
     from transformers import AutoModelForCausalLM
 
     from tinyllm.config import ModelArguments
+    from tinyllm.model_io import load_tokenizer
     from tinyllm.modeling import build_config
-    from tinyllm.runtime import load_tokenizer
 
     tok = load_tokenizer(str(tokenizer_dir))
     cfg = build_config(ModelArguments(n_layer=2, n_embd=64, n_head=2), len(tok), 128, tok.bos_token_id,

@@ -37,7 +37,7 @@ def test_eval_scores_the_runs_own_heldout_documents(run_dir, capsys):
 
 
 def test_builtin_cloze_is_well_formed_and_scored_by_likelihood():
-    from tinyllm.evaluation import builtin_cloze_items
+    from tinyllm.evaluation.eval_stage import builtin_cloze_items
 
     for lang in ("en", "zh"):
         items = builtin_cloze_items(lang)
@@ -61,9 +61,9 @@ def test_a_model_that_knows_the_facts_beats_chance_and_noise_does_not(bpe_tokeni
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tinyllm.builtin import ANIMALS, fact_sentences
     from tinyllm.config import ModelArguments
-    from tinyllm.evaluation import builtin_cloze
+    from tinyllm.data.builtin import ANIMALS, fact_sentences
+    from tinyllm.evaluation.eval_stage import builtin_cloze
     from tinyllm.modeling import build_config
 
     tok = bpe_tokenizer
@@ -106,7 +106,7 @@ def test_lm_eval_runs_offline_on_a_local_task(run_dir, tmp_path, capsys):
     """lm-evaluation-harness, through its own HF model class on our folder, on a task defined from a local JSONL
     file: no Hub. It scores the same cloze items as the built-in task and must agree with it exactly."""
     pytest.importorskip("lm_eval")
-    from tinyllm.evaluation import builtin_cloze_items
+    from tinyllm.evaluation.eval_stage import builtin_cloze_items
 
     for lang in ("en", "zh"):
         rows = builtin_cloze_items(lang)

@@ -243,13 +243,13 @@ def test_export_bad_input(tmp_path, llama_dir, capsys, bpe_tokenizer):
     (other / "config.json").write_text(json.dumps(cfg))
     char = tmp_path / "char"
     shutil.copytree(llama_dir, char, ignore=shutil.ignore_patterns("*.gguf", "*.Modelfile"))
-    from tinyllm.tokenizer import train_tokenizer
+    from tinyllm.data.tokenizer import train_tokenizer
 
     train_tokenizer(["abc def", "ghi"], "char").save_pretrained(char)
     legacy = tmp_path / "legacy"
     shutil.copytree(llama_dir, legacy, ignore=shutil.ignore_patterns("*.gguf", "*.Modelfile"))
     tj = json.loads((legacy / "tokenizer.json").read_text())
-    from tinyllm.tokenizer import LEGACY_SPLIT_PATTERN
+    from tinyllm.data.tokenizer import LEGACY_SPLIT_PATTERN
 
     tj["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = LEGACY_SPLIT_PATTERN
     (legacy / "tokenizer.json").write_text(json.dumps(tj))

@@ -30,8 +30,8 @@ def sft_foreign(foreign, tmp_path_factory):
 
 
 def test_label_mask_is_exactly_the_answers_and_their_end_of_turn(foreign):
-    from tinyllm.sft import load_base
-    from tinyllm.sft_data import tokenize_conversation
+    from tinyllm.data.sft_data import tokenize_conversation
+    from tinyllm.training.sft import load_base
 
     style, base = foreign
     _, tok = load_base(str(base))
@@ -73,7 +73,7 @@ def test_sft_on_a_foreign_model_chats_and_stops(sft_foreign, tmp_path):
 
 
 def test_lora_targets_are_found_from_module_names(foreign):
-    from tinyllm.sft import load_base, lora_targets
+    from tinyllm.training.sft import load_base, lora_targets
 
     style, base = foreign
     model, _ = load_base(str(base))

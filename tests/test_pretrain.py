@@ -13,10 +13,10 @@ INITIAL = {}  # the weights the run below started from, captured in-process
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny pretraining run shared by the tests below (trains its own tokenizer first)."""
-    import tinyllm.pretrain
+    import tinyllm.training.pretrain
     from tinyllm.cli import run
 
-    build = tinyllm.pretrain._load_model
+    build = tinyllm.training.pretrain._load_model
 
     def snapshot(*args, **kwargs):
         model = build(*args, **kwargs)
@@ -25,7 +25,7 @@ def trained(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("pre") / "model"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tinyllm.pretrain, "_load_model", snapshot)
+        mp.setattr(tinyllm.training.pretrain, "_load_model", snapshot)
         code = run("pretrain", ["--dataset_name", "builtin", "--builtin_num_documents", "600", "--vocab_size", "400",
                                 "--output_dir", str(out), "--max_steps", "60", "--eval_steps", "30",
                                 "--learning_rate", "0.005", *TINY_MODEL_ARGS])
@@ -107,7 +107,7 @@ def test_utf8_streamer_never_prints_half_a_character(bpe_tokenizer):
 
     import torch
 
-    from tinyllm.generation import Utf8Streamer
+    from tinyllm.inference.generation import Utf8Streamer
 
     text = "猫会说喵喵。😀 emoji 𠀀 and 中文"
     ids = bpe_tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -179,7 +179,7 @@ def test_bad_inputs(tmp_path, tokenizer_dir, capsys):
 
 
 def test_vocab_mismatch_is_caught(trained, tmp_path, capsys):
-    from tinyllm.tokenizer import train_tokenizer
+    from tinyllm.data.tokenizer import train_tokenizer
 
     big = train_tokenizer([f"word{i} " * 3 for i in range(3000)], "bpe", vocab_size=3000, show_progress=False)
     big.save_pretrained(tmp_path / "bigtok")
@@ -235,9 +235,9 @@ def test_fast_decoding_gives_generates_tokens(bpe_tokenizer, model_type, setting
     from transformers import AutoModelForCausalLM
 
     from tinyllm.config import ModelArguments
-    from tinyllm.fast_decode import fast_processors
-    from tinyllm.generation import Utf8Streamer, generate_text
     from tinyllm.hub import make_generation_config
+    from tinyllm.inference.fast_decode import fast_processors
+    from tinyllm.inference.generation import Utf8Streamer, generate_text
     from tinyllm.modeling import build_config
 
     tok = bpe_tokenizer
@@ -268,7 +268,7 @@ def test_batched_samples_match_one_at_a_time_and_slide_past_the_context(bpe_toke
     from transformers import AutoModelForCausalLM
 
     from tinyllm.config import ModelArguments
-    from tinyllm.generation import generate_batch, generate_ids
+    from tinyllm.inference.generation import generate_batch, generate_ids
     from tinyllm.modeling import build_config
 
     tok = bpe_tokenizer

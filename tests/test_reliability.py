@@ -144,7 +144,7 @@ def test_out_of_memory_halves_batch_and_keeps_global_batch(tmp_path, tokenizer_d
 def test_doctor_diagnoses_in_plain_words():
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from tinyllm.callbacks import DoctorCallback
+    from tinyllm.training.callbacks import DoctorCallback
 
     args = TrainingArguments(output_dir="/tmp/x", report_to="none")
     state = TrainerState(max_steps=100)
@@ -165,8 +165,8 @@ def test_doctor_diagnoses_in_plain_words():
 def test_planner_warns_when_model_dwarfs_data():
     from tinyllm.config import DataArguments, ModelArguments
     from tinyllm.modeling import build_config
-    from tinyllm.plan import estimate
-    from tinyllm.training_args import PretrainingArguments
+    from tinyllm.training.arguments import PretrainingArguments
+    from tinyllm.training.plan import estimate
 
     cfg = build_config(ModelArguments(), 512, 64, 0, 1, 2)
     plan = estimate(cfg, DataArguments(block_size=64), PretrainingArguments(report_to="none"),
@@ -179,8 +179,8 @@ def test_planner_counts_attention_flops():
     """Time estimates use 6N + 12 L d T FLOPs per token: a longer context costs more at the same parameter count."""
     from tinyllm.config import DataArguments, ModelArguments
     from tinyllm.modeling import build_config
-    from tinyllm.plan import estimate
-    from tinyllm.training_args import PretrainingArguments
+    from tinyllm.training.arguments import PretrainingArguments
+    from tinyllm.training.plan import estimate
 
     args = PretrainingArguments(report_to="none", max_steps=100, per_device_train_batch_size=4)
     flops = {}

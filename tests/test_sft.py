@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from helpers import assert_user_error, run_inprocess, run_python
-from tinyllm.sft_data import row_to_messages, tokenize_conversation
-from tinyllm.tokenizer import IM_END
+from tinyllm.data.sft_data import row_to_messages, tokenize_conversation
+from tinyllm.data.tokenizer import IM_END
 
 SFT_ARGS = ["--max_steps", "12", "--per_device_train_batch_size", "8", "--logging_steps", "4", "--eval_steps", "6",
             "--report_to", "none", "--learning_rate", "0.01", "--warmup_steps", "2", "--save_steps", "1000",
@@ -61,8 +61,8 @@ def test_alpaca_input_is_part_of_the_prompt():
 
 
 def test_collator_pads_right_and_refuses_a_batch_that_supervises_nothing(bpe_tokenizer):
+    from tinyllm.data.sft_data import SFTCollator
     from tinyllm.errors import DataError
-    from tinyllm.sft_data import SFTCollator
 
     batch = SFTCollator(bpe_tokenizer)([{"input_ids": [0, 5, 6], "labels": [-100, 5, 6]},
                                         {"input_ids": [0, 7], "labels": [-100, 7]}])
@@ -125,7 +125,7 @@ def test_lora_freezes_base_and_trains_chat_token_rows(base_llama, bpe_tokenizer)
     """tinyllm's LoRA builder: only adapter weights and the chat tokens' embedding rows are trainable."""
     from types import SimpleNamespace
 
-    from tinyllm.sft import build_lora_model, chat_token_ids, load_base
+    from tinyllm.training.sft import build_lora_model, chat_token_ids, load_base
 
     model, tok = load_base(str(base_llama))
     lora = SimpleNamespace(use_lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=None,
@@ -207,7 +207,7 @@ def test_bad_inputs(base_llama, tmp_path, capsys, bpe_tokenizer):
 def test_long_chats_drop_the_oldest_turns_to_fit(bpe_tokenizer):
     """The rule the chat command and the server share: keep the system message and the last user turn, drop the
     oldest turns until the prompt fits."""
-    from tinyllm.chat import encode_chat, fit_conversation
+    from tinyllm.inference.chat import encode_chat, fit_conversation
 
     msgs = [{"role": "system", "content": "Be kind."}]
     for i in range(10):
@@ -244,6 +244,6 @@ def test_label_mask_without_generation_markers(bpe_tokenizer, style):
     ids, labels = tokenize_conversation(tok, msgs)
     supervised = tok.decode([t for t, lab in zip(ids, labels) if lab != -100])
     assert supervised == "猫会说喵喵。" + eot + "A dog says woof." + eot
-    from tinyllm.chat import end_of_turn_token
+    from tinyllm.inference.chat import end_of_turn_token
 
     assert end_of_turn_token(tok) == eot

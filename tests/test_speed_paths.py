@@ -37,9 +37,9 @@ def test_compiled_decoding_gives_the_eager_tokens_across_slides(bpe_tokenizer):
     agree to ~1e-6 here), across several context slides (60 new tokens, context 24)."""
     import torch
 
-    from tinyllm import fast_decode
-    from tinyllm.fast_decode import fast_processors
-    from tinyllm.generation import compile_decoding, generate_ids
+    from tinyllm.inference import fast_decode
+    from tinyllm.inference.fast_decode import fast_processors
+    from tinyllm.inference.generation import compile_decoding, generate_ids
 
     tok = bpe_tokenizer
     model = _tiny_model(tok)
@@ -70,7 +70,7 @@ def test_compiled_step_logits_equal_a_full_forward(bpe_tokenizer):
     """Each compiled one-token step over the static cache gives the logits of running the whole sequence."""
     import torch
 
-    from tinyllm.fast_decode import CompiledDecoder
+    from tinyllm.inference.fast_decode import CompiledDecoder
 
     model = _tiny_model(bpe_tokenizer)
     torch.manual_seed(5)
@@ -87,7 +87,7 @@ def test_compiled_step_logits_equal_a_full_forward(bpe_tokenizer):
 def test_newton_schulz_orthogonalises_every_matrix_of_a_batch():
     import torch
 
-    from tinyllm.optim import newton_schulz
+    from tinyllm.training.optim import newton_schulz
 
     torch.manual_seed(0)
     g = torch.randn(3, 16, 40) * torch.tensor([1e-3, 1.0, 50.0]).view(3, 1, 1)  # any scale
@@ -105,7 +105,7 @@ def test_muon_steps_matrices_and_adamw_the_rest_and_resumes_exactly(bpe_tokenize
 
     import torch
 
-    from tinyllm.optim import MuonFactory, MuonWithAdamW, muon_parameter_names
+    from tinyllm.training.optim import MuonFactory, MuonWithAdamW, muon_parameter_names
 
     model = _tiny_model(bpe_tokenizer).train()
     names = muon_parameter_names(model)

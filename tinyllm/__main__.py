@@ -3,7 +3,7 @@
 import os
 import sys
 
-from .cli import main
+from tinyllm.cli import main
 
 # Commands that only read a model or a run and print: once they have printed, the process ends with os._exit
 # instead of Python's interpreter finalization, which after importing torch and transformers' models takes ~1 s on

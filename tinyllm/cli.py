@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import config as c
-from .errors import ConfigError, TinyLLMError, first_line, suggest
+from tinyllm import config as c
+from tinyllm.errors import ConfigError, TinyLLMError, first_line, suggest
 
 __all__ = ["COMMANDS", "Command", "parse_args", "load_yaml", "format_help", "run", "main"]
 
@@ -46,28 +46,28 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "train-tokenizer": Command("train a BPE or char tokenizer on a corpus",
                                (c.DataArguments, c.TokenizerArguments, c.OutputArguments),
-                               "tinyllm.tokenizer_stage:run_tokenizer_training"),
+                               "tinyllm.data.tokenizer_stage:run_tokenizer_training"),
     "pretrain": Command("pretrain a GPT-2/Llama model (from scratch, or continue one) with transformers.Trainer",
                         (c.ModelArguments, c.DataArguments, c.TokenizerArguments, c.PretrainTrainingOptions),
-                        "tinyllm.pretrain:run_pretraining"),
+                        "tinyllm.training.pretrain:run_pretraining"),
     "sft": Command("instruction-tune a pretrained model with LoRA on question-answer pairs",
                    (c.SFTModelArguments, c.SFTDataArguments, c.LoraArguments, c.SFTTrainingOptions),
-                   "tinyllm.sft:run_sft"),
+                   "tinyllm.training.sft:run_sft"),
     "generate": Command("sample text from a saved model (streams to the terminal)", (c.GenerationArguments,),
-                        "tinyllm.generation:run_generate", "model"),
+                        "tinyllm.inference.generation:run_generate", "model"),
     "chat": Command("chat with an instruction-tuned model in the terminal", (c.GenerationArguments,),
-                    "tinyllm.generation:run_chat", "model"),
+                    "tinyllm.inference.generation:run_chat", "model"),
     "plan": Command("print parameters, tokens, memory and time estimates for a config without training",
                     (c.ModelArguments, c.DataArguments, c.TokenizerArguments, c.PretrainTrainingOptions),
-                    "tinyllm.plan:run_plan"),
+                    "tinyllm.training.plan:run_plan"),
     "eval": Command("evaluate a saved model: bits per byte, built-in tasks, lm-evaluation-harness tasks",
-                    (c.EvalArguments,), "tinyllm.evaluation:run_eval", "model"),
+                    (c.EvalArguments,), "tinyllm.evaluation.eval_stage:run_eval", "model"),
     "export": Command("export a model to GGUF (llama.cpp, Ollama, LM Studio) with an Ollama Modelfile",
-                      (c.ExportArguments,), "tinyllm.export:run_export", "model"),
+                      (c.ExportArguments,), "tinyllm.inference.export:run_export", "model"),
     "serve": Command("serve a model: OpenAI-compatible API (/v1) and a web chat page (/)", (c.ServeArguments,),
-                     "tinyllm.serve:run_serve", "model"),
+                     "tinyllm.inference.serve:run_serve", "model"),
     "report": Command("compare the runs in a folder side by side (Markdown table + plot)", (c.ReportArguments,),
-                      "tinyllm.report:run_report", "runs"),
+                      "tinyllm.evaluation.report:run_report", "runs"),
     "presets": Command("list the model size presets", (), "tinyllm.modeling:print_presets"),
 }
 TRAINING_OPTIONS = (c.PretrainTrainingOptions, c.SFTTrainingOptions)
@@ -119,7 +119,7 @@ def _runtime_types(option_types: Sequence[type]) -> list[type]:
     """The types to parse into: training options become their TrainingArguments subclass (imports transformers)."""
     if not any(t in TRAINING_OPTIONS for t in option_types):
         return list(option_types)
-    from .training_args import training_arguments_class
+    from tinyllm.training.arguments import training_arguments_class
 
     return [training_arguments_class(t) if t in TRAINING_OPTIONS else t for t in option_types]
 
@@ -304,7 +304,7 @@ def run(command: str, argv: list[str] | None = None) -> int:
         return 0
     if cmd.positional and argv and not argv[0].startswith("-"):
         argv = [f"--{cmd.positional}", argv[0], *argv[1:]]
-    from .logs import setup_logging
+    from tinyllm.logs import setup_logging
 
     try:
         objs = parse_args(cmd.types, argv, prog=f"tinyllm {command}")
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nRun 'tinyllm COMMAND --help' for a command's options.")
         return 0
     if argv[0] == "--version":
-        from . import __version__
+        from tinyllm import __version__
 
         print(__version__)
         return 0

@@ -1,7 +1,7 @@
 """Typed configuration for every stage.
 
 Plain dataclasses, importable without transformers so `--help` answers instantly. The training options are
-mixed into `transformers.TrainingArguments` by `tinyllm.training_args`, imported only when a stage runs.
+mixed into `transformers.TrainingArguments` by `tinyllm.training.arguments`, imported only when a stage runs.
 Precedence everywhere: dataclass default < YAML (`--config`) < command line.
 """
 
@@ -56,7 +56,7 @@ class DataArguments:
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Where corpora and processed data are cached."})
 
     def __post_init__(self):
-        from .errors import ConfigError
+        from tinyllm.errors import ConfigError
 
         if self.block_size is not None and self.block_size < 2:
             raise ConfigError(f"block_size must be >= 2, got {self.block_size}")
@@ -81,7 +81,7 @@ class TokenizerArguments:
     )
 
     def __post_init__(self):
-        from .errors import ConfigError, suggest
+        from tinyllm.errors import ConfigError, suggest
 
         if self.tokenizer_type not in ("bpe", "char"):
             raise ConfigError(
@@ -114,14 +114,14 @@ class ModelArguments:
     )
 
     def __post_init__(self):
-        from .errors import ConfigError, suggest
+        from tinyllm.errors import ConfigError, suggest
 
         if self.model_type not in ("llama", "gpt2"):
             raise ConfigError(
                 f"model_type must be 'llama' or 'gpt2', got '{self.model_type}'"
                 + suggest(self.model_type, ["llama", "gpt2"])
             )
-        from .modeling import PRESETS
+        from tinyllm.modeling import PRESETS
 
         if self.preset not in PRESETS:
             raise ConfigError(
@@ -163,7 +163,7 @@ class SFTDataArguments:
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Cache folder."})
 
     def __post_init__(self):
-        from .errors import ConfigError, suggest
+        from tinyllm.errors import ConfigError, suggest
 
         if self.truncation not in ("drop", "truncate"):
             raise ConfigError(
@@ -233,7 +233,7 @@ class RunDefaults:
     gen_max_new_tokens: int = field(default=256, metadata={"help": "max_new_tokens stored in generation_config.json."})
 
 
-# The training options below are mixed into transformers.TrainingArguments (tinyllm.training_args):
+# The training options below are mixed into transformers.TrainingArguments (tinyllm.training.arguments):
 #   PretrainingArguments(PretrainTrainingOptions, TrainingArguments)
 # A field here that TrainingArguments also has replaces its default (as TRL's SFTConfig does); the others are
 # tinyllm's own. They live here, free of transformers imports, so `--help` answers instantly.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from .errors import ConfigError, suggest
+from tinyllm.errors import ConfigError, suggest
 
 __all__ = ["detect_device", "declare_cpu", "apply_precision_policy", "compile_loader_settings"]
 

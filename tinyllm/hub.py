@@ -10,7 +10,7 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import TinyLLMError, first_line
+from tinyllm.errors import TinyLLMError, first_line
 
 __all__ = ["make_generation_config", "save_model_folder", "plot_loss", "CardInfo", "write_model_card",
            "push_folder", "check_finite", "hardware_summary"]

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ConfigError
+from tinyllm.errors import ConfigError
 
 __all__ = ["check_output_dir", "atomic_output_dir", "atomic_file", "staged_into"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import ConfigError, suggest
+from tinyllm.errors import ConfigError, suggest
 
 __all__ = ["PRESETS", "Preset", "build_config", "apply_overrides", "pad_vocab", "check_vocab", "describe_presets",
            "print_presets"]
@@ -98,7 +98,7 @@ def apply_overrides(cfg, text: str) -> None:
     try:
         cfg.update_from_string(",".join(x.strip() for x in text.split(",") if x.strip()))
     except (ValueError, TypeError) as exc:
-        from .errors import first_line
+        from tinyllm.errors import first_line
 
         raise ConfigError(f"config_overrides '{text}': {first_line(exc)}") from None
 

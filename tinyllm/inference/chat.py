@@ -23,7 +23,7 @@ def has_chat_template(tokenizer) -> bool:
 
 
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> tuple[str, list[str]]:
-    from .errors import ConfigError, first_line
+    from tinyllm.errors import ConfigError, first_line
 
     marks = [_MARK.format(i) for i in range(len(messages))]
     placeholder = [{**m, "content": mark} for m, mark in zip(messages, marks)]
@@ -124,7 +124,7 @@ def is_chat_model(model, tokenizer) -> bool:
     (tinyllm's base models carry the template in their tokenizer too, but stop only at eos.)"""
     if not has_chat_template(tokenizer):
         return False
-    from .generation import token_ids
+    from tinyllm.inference.generation import token_ids
 
     eot = end_of_turn_token(tokenizer)
     return eot is not None and tokenizer.convert_tokens_to_ids(eot) in token_ids(model.generation_config.eos_token_id)

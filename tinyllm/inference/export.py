@@ -25,7 +25,7 @@ import json
 import logging
 from pathlib import Path
 
-from .errors import ConfigError
+from tinyllm.errors import ConfigError
 
 __all__ = ["OUTTYPES", "gguf_pre_tokenizer", "export_gguf", "write_modelfile", "run_export"]
 
@@ -37,7 +37,7 @@ GPT2_BYTELEVEL = "gpt2 byte-level"
 
 def gguf_pre_tokenizer(tokenizer_json: dict, where: str) -> str:
     """The llama.cpp pre-tokenizer (tokenizer.ggml.pre) that splits text exactly as this tokenizer does."""
-    from .tokenizer import LEGACY_SPLIT_PATTERN, SPLIT_PATTERN
+    from tinyllm.data.tokenizer import LEGACY_SPLIT_PATTERN, SPLIT_PATTERN
 
     model = tokenizer_json.get("model") or {}
     if model.get("type") != "BPE":
@@ -194,7 +194,7 @@ def _write_tokenizer(w, tokenizer, tokenizer_json: dict, pre: str, n_rows: int, 
     w.add_add_bos_token(tokenizer.bos_token_id is not None
                         and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id])
     w.add_add_eos_token(False)
-    from .generation import token_ids
+    from tinyllm.inference.generation import token_ids
 
     eot = next((i for i in token_ids(gen.get("eos_token_id")) if i != tokenizer.eos_token_id), None)
     if eot is not None:  # a chat model: its end-of-turn token ends generation in llama.cpp too
@@ -210,7 +210,7 @@ def export_gguf(model_dir: str, out_path: Path, outtype: str = "f16") -> dict:
     from safetensors.numpy import load_file
     from transformers import AutoTokenizer
 
-    from .runtime import check_model_folder
+    from tinyllm.model_io import check_model_folder
 
     cfg = check_model_folder(model_dir)
     arch_name = (cfg.get("architectures") or ["?"])[0]
@@ -273,13 +273,13 @@ def write_modelfile(gguf_path: Path, info: dict, tokenizer_specials: dict) -> st
 def run_export(args) -> Path:
     from transformers import AutoTokenizer
 
-    from .io import atomic_file
-    from .runtime import check_model_folder
+    from tinyllm.io import atomic_file
+    from tinyllm.model_io import check_model_folder
 
     if args.format != "gguf":
         raise ConfigError(f"unknown --format '{args.format}'; the only format is gguf")
     if args.outtype not in OUTTYPES:
-        from .errors import suggest
+        from tinyllm.errors import suggest
 
         raise ConfigError(f"unknown --outtype '{args.outtype}'{suggest(args.outtype, OUTTYPES)}; use one of "
                           f"{', '.join(OUTTYPES)}")

@@ -1,4 +1,4 @@
-"""A lean batch-1 decoding loop, used by `tinyllm.generation` when the sampling settings allow it.
+"""A lean batch-1 decoding loop, used by `tinyllm.inference.generation` when the sampling settings allow it.
 
 The boundary: `fast_decode(...)` returns the new token ids, or None when the settings need transformers'
 `generate()` itself (beams, min_p, n-gram bans, ...). For the settings it accepts it applies generate()'s own

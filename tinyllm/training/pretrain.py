@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import DataArguments, ModelArguments, TokenizerArguments
-from .errors import ConfigError
+from tinyllm.config import DataArguments, ModelArguments, TokenizerArguments
+from tinyllm.errors import ConfigError
 
 __all__ = ["run_pretraining", "PretrainRun", "default_prompts", "entropy_floor", "resolve_block_size"]
 
@@ -32,7 +32,7 @@ class PretrainRun:
     args: object  # PretrainingArguments
     tokenizer: object = None
     tok_report: dict | None = None
-    lm: object = None  # tinyllm.data.LMData
+    lm: object = None  # tinyllm.data.packing.LMData
     plan: dict = field(default_factory=dict)
     floor: float | None = None  # built-in corpus entropy, bits per char
     prompts: list[str] = field(default_factory=list)
@@ -44,13 +44,13 @@ class PretrainRun:
 
 def run_pretraining(model_args: ModelArguments, data: DataArguments, tok_args: TokenizerArguments, args) -> Path:
     """The whole pretraining stage, as a list of steps. Returns the output folder."""
-    from .data import build_lm_datasets
-    from .runtime import prepare_run
+    from tinyllm.data.packing import build_lm_datasets
+    from tinyllm.model_io import prepare_run
 
     if args.max_steps <= 0 and data.streaming:
         raise ConfigError("streaming needs --max_steps > 0 (the corpus length is unknown)")
     if model_args.model_name_or_path:  # continued pretraining: a local folder, or a Hub id downloaded once
-        from .runtime import resolve_model_path
+        from tinyllm.model_io import resolve_model_path
 
         model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
     run = PretrainRun(model_args, data, args)
@@ -64,7 +64,7 @@ def run_pretraining(model_args: ModelArguments, data: DataArguments, tok_args: T
     _log_plan(run, model, setup.device_line)
     _prepare_output_dir(args, setup.resume)
     if setup.resume:
-        from .runtime import check_checkpoint_matches
+        from tinyllm.model_io import check_checkpoint_matches
 
         check_checkpoint_matches(setup.resume, model)
     trainer, sampler, doctor = _train(run, model, setup.resume)
@@ -80,7 +80,7 @@ def run_pretraining(model_args: ModelArguments, data: DataArguments, tok_args: T
 
 def resolve_block_size(model_args: ModelArguments, data: DataArguments) -> int:
     """block_size defaults to the preset's context, or to the loaded model's; it may not exceed the model's."""
-    from .modeling import PRESETS
+    from tinyllm.modeling import PRESETS
 
     limit = None
     if model_args.model_name_or_path:
@@ -112,8 +112,8 @@ def entropy_floor(data: DataArguments, seed: int) -> float | None:
     held-out documents as training uses: corpora.split_documents decides)."""
     if data.dataset_name != "builtin" or data.validation_split_percentage <= 0:
         return None
-    from .builtin import corpus_entropy, generate_corpus
-    from .corpora import split_documents
+    from tinyllm.data.builtin import corpus_entropy, generate_corpus
+    from tinyllm.data.corpora import split_documents
 
     docs = generate_corpus(data.builtin_num_documents, seed, data.builtin_languages)
     if data.max_documents:
@@ -124,13 +124,13 @@ def entropy_floor(data: DataArguments, seed: int) -> float | None:
 # ---------------------------------------------------------------- steps
 
 def _prepare_tokenizer(model_args, data, tok_args, args):
-    from .runtime import load_tokenizer
+    from tinyllm.model_io import load_tokenizer
 
     if tok_args.tokenizer_name_or_path:
         return load_tokenizer(tok_args.tokenizer_name_or_path), None
     if model_args.model_name_or_path:
         return load_tokenizer(model_args.model_name_or_path), None
-    from .tokenizer_stage import build_tokenizer
+    from tinyllm.data.tokenizer_stage import build_tokenizer
 
     logger.info("no tokenizer_name_or_path: training a %s tokenizer (vocab %d) on %s first",
                 tok_args.tokenizer_type, tok_args.vocab_size, data.dataset_name)
@@ -155,10 +155,10 @@ def _load_model(model_args, tokenizer, data, args):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .modeling import build_config, check_vocab
+    from tinyllm.modeling import build_config, check_vocab
 
     if model_args.model_name_or_path:
-        from .runtime import load_model_folder
+        from tinyllm.model_io import load_model_folder
 
         model, _ = load_model_folder(model_args.model_name_or_path, tokenizer=False)
         check_vocab(tokenizer, model.config, model_args.model_name_or_path)
@@ -171,7 +171,7 @@ def _load_model(model_args, tokenizer, data, args):
 
 
 def _log_plan(run: PretrainRun, model, device_line: str) -> None:
-    from .plan import estimate
+    from tinyllm.training.plan import estimate
 
     n_params = model.num_parameters()
     run.plan = estimate(model.config, run.data, run.args, n_params, model.num_parameters(exclude_embeddings=True),
@@ -195,9 +195,9 @@ def _prepare_output_dir(args, resume) -> None:
 def _train(run: PretrainRun, model, resume):
     from transformers import default_data_collator
 
-    from .callbacks import DoctorCallback, InterruptCallback, SampleCallback, TinyTrainer
-    from .device import compile_loader_settings
-    from .runtime import final_evaluation, train_with_recovery
+    from tinyllm.device import compile_loader_settings
+    from tinyllm.model_io import final_evaluation, train_with_recovery
+    from tinyllm.training.callbacks import DoctorCallback, InterruptCallback, SampleCallback, TinyTrainer
 
     args, lm = run.args, run.lm
     run.prompts = [p for p in (args.sample_prompts or "").split("|") if p] or default_prompts(run.data,
@@ -219,7 +219,7 @@ def _train(run: PretrainRun, model, resume):
         )
 
     if run.model_args.model_name_or_path and lm.eval is not None and not resume:
-        from .evaluation import mean_token_loss
+        from tinyllm.evaluation.eval_stage import mean_token_loss
 
         loss = mean_token_loss(model, lm.eval, args.per_device_eval_batch_size)
         run.metrics["before_eval_loss"] = round(loss, 4)
@@ -241,8 +241,8 @@ def _train(run: PretrainRun, model, resume):
 
 
 def _summary(trainer, run: PretrainRun) -> dict:
-    from .corpora import describe_source
-    from .hub import hardware_summary
+    from tinyllm.data.corpora import describe_source
+    from tinyllm.hub import hardware_summary
 
     cfg, m = trainer.model.config, run.metrics
     summary = {
@@ -269,9 +269,9 @@ def _summary(trainer, run: PretrainRun) -> dict:
 
 
 def _save_final(trainer, run: PretrainRun) -> None:
-    from .corpora import describe_source
-    from .hub import CardInfo, make_generation_config, plot_loss, save_model_folder, write_model_card
-    from .io import staged_into
+    from tinyllm.data.corpora import describe_source
+    from tinyllm.hub import CardInfo, make_generation_config, plot_loss, save_model_folder, write_model_card
+    from tinyllm.io import staged_into
 
     args, out = run.args, Path(run.args.output_dir)
     model = trainer.model
@@ -297,7 +297,7 @@ def _save_final(trainer, run: PretrainRun) -> None:
             usage_prompt=run.prompts[0], base_model=run.model_args.model_name_or_path,
             eval_results=_card_results(run))
         write_model_card(staging, card)
-        from .report import write_run_report
+        from tinyllm.evaluation.report import write_run_report
 
         write_run_report(staging, out, summary=summary, metrics=run.metrics, tok_report=run.tok_report,
                          samples=run.samples, log_history=trainer.state.log_history,
@@ -327,6 +327,6 @@ def _announce(run: PretrainRun, setup) -> None:
           f"  evaluate:  tinyllm eval --model {out}\n"
           f"  in Python: pipeline('text-generation', model='{out}')")
     if setup.push:
-        from .hub import push_folder
+        from tinyllm.hub import push_folder
 
         print(f"Pushed to {push_folder(out, run.args.hub_model_id, run.args.hub_private_repo, setup.hub_token)}")

@@ -43,7 +43,7 @@ def write_run_report(staging: Path, final: Path, *, summary: dict, metrics: dict
 
 
 def _fmt(v) -> str:
-    from .hub import fmt_value
+    from tinyllm.hub import fmt_value
 
     return fmt_value(v)
 
@@ -107,7 +107,7 @@ _COLUMNS = [("parameters", "parameters"), ("tokens seen", "tokens seen"), ("step
 def run_report(args) -> Path:
     """`tinyllm report RUNS`: one Markdown table of the runs found under RUNS and one plot of their validation bits
     per byte against tokens seen."""
-    from .errors import ConfigError
+    from tinyllm.errors import ConfigError
 
     runs = find_runs(Path(args.runs))
     if not runs:
@@ -147,7 +147,7 @@ def _plot_curves(data, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for name, pts in curves:
         ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", label=name)
-    from .hub import save_figure
+    from tinyllm.hub import save_figure
 
     save_figure(fig, ax, path, "tokens seen", "validation bits per byte", "validation bits per byte (lower is better)")
     return True

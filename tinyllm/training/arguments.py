@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from transformers import TrainingArguments
 
-from .config import PretrainTrainingOptions, SFTTrainingOptions
-from .device import declare_cpu
-from .errors import ConfigError, suggest
+from tinyllm.config import PretrainTrainingOptions, SFTTrainingOptions
+from tinyllm.device import declare_cpu
+from tinyllm.errors import ConfigError, suggest
 
 MATRIX_OPTIMIZERS = ("adamw", "muon")
 
@@ -35,7 +35,7 @@ class PretrainingArguments(PretrainTrainingOptions, TrainingArguments):
         """Trainer's `optimizer_cls_and_kwargs` for --matrix_optimizer muon (None: Trainer's own AdamW)."""
         if self.matrix_optimizer != "muon":
             return None
-        from .optim import MuonFactory
+        from tinyllm.training.optim import MuonFactory
 
         return MuonFactory, {"lr": self.learning_rate, "muon_lr": self.muon_learning_rate,
                              "weight_decay": self.weight_decay, "muon_weight_decay": self.muon_weight_decay,

@@ -156,7 +156,7 @@ def generate_corpus(num_documents: int = 20000, seed: int = 0, languages: str = 
     langs = [x.strip() for x in languages.split(",") if x.strip()]
     bad = [x for x in langs if x not in ("en", "zh")]
     if bad or not langs:
-        from .errors import ConfigError
+        from tinyllm.errors import ConfigError
 
         raise ConfigError(f"builtin_languages must be 'en', 'zh' or 'en,zh', got '{languages}'")
     rng = random.Random(seed)

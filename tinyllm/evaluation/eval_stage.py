@@ -19,7 +19,7 @@ import math
 import random
 from pathlib import Path
 
-from .errors import ConfigError, DataError, first_line
+from tinyllm.errors import ConfigError, DataError, first_line
 
 __all__ = ["mean_token_loss", "heldout_bits_per_byte", "builtin_cloze_items", "score_choices", "builtin_cloze",
            "run_eval", "BUILTIN_TASKS"]
@@ -58,7 +58,7 @@ def mean_token_loss(model, dataset, batch_size: int = 16) -> float:
 
 def _eval_data_args(args, run: dict):
     """DataArguments for the held-out text: the run's own corpus and split unless the command line says otherwise."""
-    from .config import DataArguments
+    from tinyllm.config import DataArguments
 
     saved = dict(run.get("data") or {})
     fields = set(DataArguments.__dataclass_fields__)
@@ -79,8 +79,8 @@ def _eval_data_args(args, run: dict):
 
 
 def heldout_bits_per_byte(model, tokenizer, data, seed: int, batch_size: int = 16) -> dict:
-    """Loss, perplexity and bits per byte on the held-out documents (tinyllm.data decides which, as in training)."""
-    from .data import build_validation_set
+    """Loss, perplexity and bits per byte on the held-out documents (tinyllm.data.packing decides which, as in training)."""
+    from tinyllm.data.packing import build_validation_set
 
     val = build_validation_set(data, tokenizer, seed)
     loss = mean_token_loss(model, val.blocks, batch_size)
@@ -94,7 +94,7 @@ def heldout_bits_per_byte(model, tokenizer, data, seed: int, batch_size: int = 1
 def builtin_cloze_items(language: str) -> list[dict]:
     """Four-way cloze questions about every (animal, food | home | sound) fact of the built-in world, phrased as
     the corpus's fact sheets phrase them; distractors are the same kind of fact about other animals."""
-    from .builtin import ANIMALS
+    from tinyllm.data.builtin import ANIMALS
 
     items = []
     rng = random.Random(f"cloze-{language}")
@@ -165,7 +165,7 @@ def builtin_cloze(model, tokenizer) -> list[dict]:
 
 def task_manager(tasks: list[str], include_path: str | None):
     """lm-evaluation-harness's TaskManager, after checking that every task name is known (before any work)."""
-    from .errors import suggest
+    from tinyllm.errors import suggest
 
     try:
         from lm_eval.tasks import TaskManager
@@ -219,10 +219,10 @@ def _tasks(args, is_chat: bool, has_run: bool) -> list[str]:
 
 
 def _sft_metrics(model, tokenizer) -> list[dict]:
-    from .builtin import generate_qa
-    from .sft import evaluate_answers
-    from .sft_data import load_qa_rows, row_to_messages
-    from .tokenizer_stage import language_of
+    from tinyllm.data.builtin import generate_qa
+    from tinyllm.data.sft_data import load_qa_rows, row_to_messages
+    from tinyllm.data.tokenizer_stage import language_of
+    from tinyllm.training.sft import evaluate_answers
 
     convs = [row_to_messages(r, w) for w, r in load_qa_rows("builtin_qa", "test")]
     res = evaluate_answers(model, tokenizer, convs, 32)
@@ -249,12 +249,12 @@ def _sft_metrics(model, tokenizer) -> list[dict]:
 
 
 def run_eval(args) -> dict:
-    from .chat import is_chat_model
-    from .device import detect_device
-    from .generation import seed_everything
-    from .io import atomic_file
-    from .report import SUMMARY_FILE, render_report
-    from .runtime import load_model_folder
+    from tinyllm.device import detect_device
+    from tinyllm.evaluation.report import SUMMARY_FILE, render_report
+    from tinyllm.inference.chat import is_chat_model
+    from tinyllm.inference.generation import seed_everything
+    from tinyllm.io import atomic_file
+    from tinyllm.model_io import load_model_folder
 
     model, tokenizer = load_model_folder(args.model, device=args.device or detect_device())
     model.eval()

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, TinyLLMError, first_line
+from tinyllm.errors import ConfigError, TinyLLMError, first_line
 
 __all__ = ["Interrupted", "RunSetup", "final_evaluation", "load_tokenizer", "resolve_model_path", "check_model_folder",
            "load_model_folder",
@@ -93,7 +93,7 @@ def load_model_folder(path: str | Path, device: str | None = None, dtype=None, t
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from .modeling import check_vocab
+    from tinyllm.modeling import check_vocab
 
     check_model_folder(path)
     tok = None
@@ -189,8 +189,8 @@ def prepare_run(args) -> RunSetup:
     the Hub token out of saved arguments and logs, apply the device/precision policy, and seed."""
     from transformers import set_seed
 
-    from .device import apply_precision_policy
-    from .io import check_output_dir
+    from tinyllm.device import apply_precision_policy
+    from tinyllm.io import check_output_dir
 
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     check_output_dir(args.output_dir, args.overwrite_output_dir, resume=resume is not None)
@@ -246,7 +246,7 @@ def train_with_recovery(make_trainer, model, args, resume, interrupt, reload_mod
     out-of-memory halves the micro-batch and doubles gradient accumulation (same global batch) and retries;
     a NaN/inf loss stops without saving a final model; Ctrl+C/SIGTERM saves a checkpoint and raises Interrupted
     with the resume command."""
-    from .callbacks import NonFiniteLossError
+    from tinyllm.training.callbacks import NonFiniteLossError
 
     if resume and args.max_steps > 0 and _checkpoint_step(resume) >= args.max_steps:
         return _already_finished(make_trainer, model, resume, args.max_steps)

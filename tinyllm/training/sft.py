@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, TinyLLMError
-from .tokenizer import IM_END, IM_START
+from tinyllm.data.tokenizer import IM_END, IM_START
+from tinyllm.errors import ConfigError, TinyLLMError
 
 __all__ = ["run_sft", "load_base", "chat_token_ids", "build_lora_model", "lora_targets", "evaluate_answers",
            "merge_check"]
@@ -50,8 +50,8 @@ def lora_targets(model, override: str | None) -> list[str]:
 def load_base(path: str):
     """The base model and tokenizer for SFT: any causal LM folder (or Hub id) that transformers loads without
     remote code. Its own chat template is used when it has one; otherwise it gets tinyllm's ChatML template."""
-    from .chat import has_chat_template
-    from .runtime import load_model_folder, resolve_model_path
+    from tinyllm.inference.chat import has_chat_template
+    from tinyllm.model_io import load_model_folder, resolve_model_path
 
     path = resolve_model_path(path)
     p = Path(path)
@@ -70,8 +70,8 @@ def adopt_chatml(model, tokenizer) -> list[int]:
     """Give a model without a chat template tinyllm's ChatML template: add <|im_start|>/<|im_end|> as special
     tokens where missing, grow the embeddings (to a multiple of 64) when the new ids do not fit, and return the new
     ids (their rows are trained during SFT; the saved folder carries the template, so pipeline() chats)."""
-    from .modeling import pad_vocab
-    from .tokenizer import CHAT_TEMPLATE
+    from tinyllm.data.tokenizer import CHAT_TEMPLATE
+    from tinyllm.modeling import pad_vocab
 
     missing = [t for t in (IM_START, IM_END) if t not in tokenizer.get_vocab()]
     if missing:
@@ -128,10 +128,10 @@ def evaluate_answers(model, tokenizer, conversations: list[list[dict]], max_new_
     import evaluate
     import torch
 
-    from .chat import encode_chat
-    from .generation import chat_eos_ids
-    from .metrics import metric_path
-    from .tokenizer_stage import language_of
+    from tinyllm.data.tokenizer_stage import language_of
+    from tinyllm.evaluation.metrics import metric_path
+    from tinyllm.inference.chat import encode_chat
+    from tinyllm.inference.generation import chat_eos_ids
 
     eos = chat_eos_ids(tokenizer, model)
     pad = tokenizer.pad_token_id
@@ -190,13 +190,13 @@ class SFTRun:
     tokenizer: object
     metrics: dict
     after: dict  # evaluate_answers() after training
-    sft: object  # tinyllm.sft_data.SFTData
+    sft: object  # tinyllm.data.sft_data.SFTData
 
 
 def run_sft(model_args, data, lora, args) -> Path:
     """The SFT stage, as a list of steps. Returns the output folder."""
-    from .runtime import final_evaluation, prepare_run
-    from .sft_data import build_sft_datasets
+    from tinyllm.data.sft_data import build_sft_datasets
+    from tinyllm.model_io import final_evaluation, prepare_run
 
     setup = prepare_run(args)
     model, tokenizer = load_base(model_args.model_name_or_path)
@@ -246,9 +246,9 @@ def _log_trainable(model, lora) -> dict:
 def _train(model, tokenizer, sft, args, resume, reload_model):
     import torch
 
-    from .callbacks import DoctorCallback, InterruptCallback, TinyTrainer
-    from .runtime import train_with_recovery
-    from .sft_data import SFTCollator
+    from tinyllm.data.sft_data import SFTCollator
+    from tinyllm.model_io import train_with_recovery
+    from tinyllm.training.callbacks import DoctorCallback, InterruptCallback, TinyTrainer
 
     if sft.eval is None:
         args.eval_strategy = "no"
@@ -284,7 +284,7 @@ def _announce(before, after, args, setup) -> None:
           f"  chat:      tinyllm chat --model {out}\n"
           f"  in Python: pipeline('text-generation', model='{out}')([{{'role': 'user', 'content': '...'}}])")
     if setup.push:
-        from .hub import push_folder
+        from tinyllm.hub import push_folder
 
         print(f"Pushed to {push_folder(out, args.hub_model_id, args.hub_private_repo, setup.hub_token)}")
 
@@ -292,9 +292,16 @@ def _announce(before, after, args, setup) -> None:
 def _save_sft(trainer, run: SFTRun) -> None:
     import torch
 
-    from .generation import chat_eos_ids
-    from .hub import CardInfo, hardware_summary, make_generation_config, plot_loss, save_model_folder, write_model_card
-    from .io import staged_into
+    from tinyllm.hub import (
+        CardInfo,
+        hardware_summary,
+        make_generation_config,
+        plot_loss,
+        save_model_folder,
+        write_model_card,
+    )
+    from tinyllm.inference.generation import chat_eos_ids
+    from tinyllm.io import staged_into
 
     args, lora, metrics, tokenizer = run.args, run.lora, run.metrics, run.tokenizer
     out = Path(args.output_dir)
@@ -344,7 +351,7 @@ def _save_sft(trainer, run: SFTRun) -> None:
                                     f"with LoRA on question-answer pairs and merged into plain transformers weights.",
                         usage_prompt=question, base_model=run.model_args.model_name_or_path, eval_results=results)
         write_model_card(staging, card)
-        from .report import write_run_report
+        from tinyllm.evaluation.report import write_run_report
 
         write_run_report(staging, out, summary=summary, metrics=metrics, samples=[
             f"Q: {e['question']}\nA: {e['prediction']}" for e in run.after["examples"][:4]],

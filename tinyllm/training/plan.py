@@ -121,11 +121,11 @@ def run_plan(model_args, data, tok_args, args) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .modeling import build_config
-    from .pretrain import resolve_block_size
+    from tinyllm.modeling import build_config
+    from tinyllm.training.pretrain import resolve_block_size
 
     if model_args.model_name_or_path:
-        from .runtime import check_model_folder, resolve_model_path
+        from tinyllm.model_io import check_model_folder, resolve_model_path
 
         model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
         check_model_folder(model_args.model_name_or_path)
@@ -135,7 +135,7 @@ def run_plan(model_args, data, tok_args, args) -> dict:
         what = f"continued from {model_args.model_name_or_path}, vocab {config.vocab_size}"
     else:
         if tok_args.tokenizer_name_or_path:
-            from .runtime import load_tokenizer
+            from tinyllm.model_io import load_tokenizer
 
             vocab = len(load_tokenizer(tok_args.tokenizer_name_or_path))
             note = f"{vocab} (from {tok_args.tokenizer_name_or_path})"

@@ -11,9 +11,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import DataArguments
-from .corpora import hf_text_column, iter_documents, load_hf_split, resolve_corpus, split_documents, validation_count
-from .errors import DataError
+from tinyllm.config import DataArguments
+from tinyllm.data.corpora import (
+    hf_text_column,
+    iter_documents,
+    load_hf_split,
+    resolve_corpus,
+    split_documents,
+    validation_count,
+)
+from tinyllm.errors import DataError
 
 __all__ = ["LMData", "ValidationSet", "build_lm_datasets", "build_validation_set", "documents_dataset"]
 
@@ -49,7 +56,7 @@ def documents_dataset(data: DataArguments, seed: int, streaming: bool = False, s
         column = hf_text_column(ds.column_names or [], data.text_column, data.dataset_name)
         ds = ds.select_columns([column])
         return ds.rename_column(column, "text") if column != "text" else ds
-    from .builtin import GENERATOR_VERSION
+    from tinyllm.data.builtin import GENERATOR_VERSION
 
     gen_kwargs = dict(dataset_name=data.dataset_name, text_column=data.text_column, cache_dir=data.cache_dir, seed=seed,
                       n=data.builtin_num_documents, languages=data.builtin_languages, version=GENERATOR_VERSION,
@@ -132,7 +139,7 @@ def build_lm_datasets(data: DataArguments, tokenizer, seed: int = 0) -> LMData:
         train_docs, val_docs = _split(docs, data)
     tok_train, train = _pack(train_docs, tokenizer, data.block_size, num_proc, "train", streaming=False)
     n_tokens = sum(len(x) for x in tok_train["input_ids"])
-    from .tokenizer import check_unknown_rate
+    from tinyllm.data.tokenizer import check_unknown_rate
 
     check_unknown_rate(tokenizer, tok_train["input_ids"], f"the training corpus {data.dataset_name}")
     if len(train) == 0:

@@ -2,7 +2,7 @@
 
 One path: `generate_ids` encodes nothing and decodes nothing; it continues token ids with the model's sampling
 settings, slides its window beyond the model's context, and reports each new token to a callback. Common sampling
-settings at batch 1 take `tinyllm.fast_decode` (same tokens as `generate()` for the same seed); anything else goes
+settings at batch 1 take `tinyllm.inference.fast_decode` (same tokens as `generate()` for the same seed); anything else goes
 through transformers' `generate()`. Text is streamed UTF-8 safe: never half a Chinese character or emoji.
 """
 
@@ -87,7 +87,7 @@ def next_window(ids, remaining: int, ctx: int, generated: bool):
 
 
 def _context(model) -> int:
-    from .runtime import context_length
+    from tinyllm.model_io import context_length
 
     return context_length(model.config) or 10**9
 
@@ -115,7 +115,7 @@ def generate_ids(model, prompt_ids: list[int], max_new_tokens: int = 100, eos: l
     called for each new token; `should_stop()` is checked between tokens (a client that went away)."""
     import torch
 
-    from .fast_decode import fast_decode, fast_processors
+    from tinyllm.inference.fast_decode import fast_decode, fast_processors
 
     ctx, start, eos_set, pad = _decoding_setup(model, prompt_ids, eos)
     setup = fast_processors(model, sampling)
@@ -201,8 +201,8 @@ def sampling_kwargs(args) -> dict:
 
 
 def _load(args):
-    from .device import detect_device
-    from .runtime import load_model_folder
+    from tinyllm.device import detect_device
+    from tinyllm.model_io import load_model_folder
 
     model, tokenizer = load_model_folder(args.model, device=args.device or detect_device())
     if getattr(args, "compile", False):
@@ -211,10 +211,10 @@ def _load(args):
 
 
 def compile_decoding(model, warm_up: bool = False) -> bool:
-    """`--compile`: route batch-1 decoding through a compiled step (tinyllm.fast_decode.CompiledDecoder) with a
+    """`--compile`: route batch-1 decoding through a compiled step (tinyllm.inference.fast_decode.CompiledDecoder) with a
     static cache of the model's context (at most 1024 positions; longer windows decode eagerly). `warm_up`
     compiles now rather than at the first token. Returns False, with a warning, where the model cannot be."""
-    from .fast_decode import enable_compiled_decoding
+    from tinyllm.inference.fast_decode import enable_compiled_decoding
 
     if not enable_compiled_decoding(model, min(_context(model), 1024)):
         logger.warning("--compile: %s cannot be compiled with a static cache; decoding eagerly",
@@ -287,7 +287,7 @@ def run_generate(args) -> list[str]:
 
 def chat_eos_ids(tokenizer, model) -> list[int]:
     """Stop at the template's end-of-turn token and at eos."""
-    from .chat import end_of_turn_token
+    from tinyllm.inference.chat import end_of_turn_token
 
     eot = end_of_turn_token(tokenizer)
     ids = [tokenizer.convert_tokens_to_ids(eot)] if eot else []
@@ -298,8 +298,8 @@ def chat_eos_ids(tokenizer, model) -> list[int]:
 def run_chat(args, stdin=None) -> list[dict]:
     """Interactive multi-turn chat. Commands: /reset clears the history, /exit (or Ctrl+D) quits. The oldest turns
     are dropped when the conversation outgrows the model's context (the same rule as the server)."""
-    from .chat import fit_conversation, has_chat_template
-    from .errors import ConfigError
+    from tinyllm.errors import ConfigError
+    from tinyllm.inference.chat import fit_conversation, has_chat_template
 
     model, tokenizer = _load(args)
     if not has_chat_template(tokenizer):

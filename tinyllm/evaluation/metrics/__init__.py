@@ -1,7 +1,7 @@
 """Local `evaluate` metric modules, loaded by path so no Hub download is needed:
 
     import evaluate
-    from tinyllm.metrics import metric_path
+    from tinyllm.evaluation.metrics import metric_path
     em = evaluate.load(metric_path("exact_match"))
 """
 

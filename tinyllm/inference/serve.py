@@ -29,7 +29,16 @@ from pathlib import Path
 
 from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations from these globals
 
-from .openai_api import ApiError, Limits, Reply, check_headers, parse_body, parse_messages, parse_prompt, parse_sampling
+from tinyllm.inference.openai_api import (
+    ApiError,
+    Limits,
+    Reply,
+    check_headers,
+    parse_body,
+    parse_messages,
+    parse_prompt,
+    parse_sampling,
+)
 
 __all__ = ["StopText", "ModelWorker", "create_app", "run_serve"]
 
@@ -123,7 +132,7 @@ class ModelWorker:
     def _run(self, job: Job) -> None:
         import torch
 
-        from .generation import Utf8Streamer, generate_ids
+        from tinyllm.inference.generation import Utf8Streamer, generate_ids
 
         if job.seed is not None:
             torch.manual_seed(job.seed)
@@ -157,10 +166,10 @@ def create_app(model_dir: str, api_key: str | None = None, limits: Limits | None
     from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from .chat import fit_conversation, is_chat_model
-    from .device import detect_device
-    from .generation import chat_eos_ids, compile_decoding, token_ids
-    from .runtime import context_length, load_model_folder
+    from tinyllm.device import detect_device
+    from tinyllm.inference.chat import fit_conversation, is_chat_model
+    from tinyllm.inference.generation import chat_eos_ids, compile_decoding, token_ids
+    from tinyllm.model_io import context_length, load_model_folder
 
     limits = limits or Limits()
     model, tokenizer = load_model_folder(model_dir, device=device or detect_device())
@@ -320,7 +329,7 @@ def run_serve(args) -> int:
 
     import uvicorn
 
-    from .errors import ConfigError
+    from tinyllm.errors import ConfigError
 
     try:
         loopback = ipaddress.ip_address(socket.gethostbyname(args.host)).is_loopback

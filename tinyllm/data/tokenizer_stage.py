@@ -7,11 +7,11 @@ import logging
 import time
 from pathlib import Path
 
-from .config import DataArguments, OutputArguments, TokenizerArguments
-from .corpora import iter_documents, split_documents
-from .errors import DataError
-from .io import atomic_output_dir, check_output_dir
-from .tokenizer import is_cjk, train_tokenizer
+from tinyllm.config import DataArguments, OutputArguments, TokenizerArguments
+from tinyllm.data.corpora import iter_documents, split_documents
+from tinyllm.data.tokenizer import is_cjk, train_tokenizer
+from tinyllm.errors import DataError
+from tinyllm.io import atomic_output_dir, check_output_dir
 
 __all__ = ["run_tokenizer_training", "load_corpus_documents", "tokenizer_report", "language_of"]
 
@@ -55,7 +55,7 @@ def tokenizer_report(tokenizer, heldout: list[str], train_seconds: float, tokeni
         return {"documents": len(docs), "tokens": ntok, "characters": nchar, "bytes": nbyte,
                 "chars_per_token": round(nchar / max(ntok, 1), 3), "bytes_per_token": round(nbyte / max(ntok, 1), 3)}
 
-    from .tokenizer import PRE_TOKENIZER_NAME
+    from tinyllm.data.tokenizer import PRE_TOKENIZER_NAME
 
     pre = ("one token per character" if tokenizer_type == "char" else
            f"{PRE_TOKENIZER_NAME}: Llama 3's split (GPT-4 style), chosen because llama.cpp implements it exactly "

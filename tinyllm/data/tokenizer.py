@@ -94,7 +94,7 @@ def train_tokenizer(docs: list[str], tokenizer_type: str = "bpe", vocab_size: in
     and the tokenizer encodes with `encode_pattern` (both parameters exist for benchmarks comparing the choice)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from .errors import ConfigError, DataError
+    from tinyllm.errors import ConfigError, DataError
 
     if not docs:
         raise DataError("the corpus is empty: no non-blank documents to train the tokenizer on; check the data")
@@ -150,7 +150,7 @@ def wrap_tokenizer(tok, tokenizer_type: str):
 
 def check_chat_tokens(tokenizer, where: str) -> None:
     """SFT needs the chat tokens and template that tinyllm reserves; say how to get them if missing."""
-    from .errors import ConfigError
+    from tinyllm.errors import ConfigError
 
     vocab = tokenizer.get_vocab()
     missing = [t for t in (IM_START, IM_END) if t not in vocab]

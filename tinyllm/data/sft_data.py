@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataError
+from tinyllm.errors import DataError
 
 __all__ = ["LAYOUTS", "row_to_messages", "load_qa_rows", "tokenize_conversation", "build_sft_datasets",
            "SFTCollator", "SFTData"]
@@ -60,7 +60,7 @@ def row_to_messages(row: dict, where: str, system_prompt: str | None = None) -> 
 def load_qa_rows(dataset_name: str, split: str, config_name: str | None = None, cache_dir: str | None = None):
     """[(where, row)] for builtin_qa, a local json/jsonl/parquet file (or folder), or an HF dataset split."""
     if dataset_name == "builtin_qa":
-        from .builtin import generate_qa
+        from tinyllm.data.builtin import generate_qa
 
         key = "test" if split in ("test", "validation") else "train"
         return [(f"builtin_qa[{i}]", r) for i, r in enumerate(generate_qa()[key])]
@@ -70,7 +70,7 @@ def load_qa_rows(dataset_name: str, split: str, config_name: str | None = None, 
                                                      if p.suffix.lower() in (".json", ".jsonl", ".parquet"))
         if not files:
             raise DataError(f"{path}: no .json/.jsonl/.parquet files found")
-        from .corpora import read_records
+        from tinyllm.data.corpora import read_records
 
         rows = [r for f in files for r in read_records(f)]
         if not rows:
@@ -78,7 +78,7 @@ def load_qa_rows(dataset_name: str, split: str, config_name: str | None = None, 
         return rows
     if dataset_name.endswith((".json", ".jsonl", ".parquet")) or dataset_name.startswith((".", "/")):
         raise DataError(f"SFT data not found: {dataset_name}; check the path")
-    from .corpora import load_hf_split
+    from tinyllm.data.corpora import load_hf_split
 
     ds = load_hf_split(dataset_name, config_name, split, cache_dir=cache_dir)
     return [(f"{dataset_name}[{split}][{i}]", r) for i, r in enumerate(ds)]
@@ -86,8 +86,8 @@ def load_qa_rows(dataset_name: str, split: str, config_name: str | None = None, 
 
 def tokenize_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
     """input_ids and labels: labels are the assistant answers and their end-of-turn token, -100 elsewhere;
-    content is tokenized as plain text (tinyllm.chat)."""
-    from .chat import encode_for_training
+    content is tokenized as plain text (tinyllm.inference.chat)."""
+    from tinyllm.inference.chat import encode_for_training
 
     return encode_for_training(tokenizer, messages)
 
@@ -138,7 +138,7 @@ def build_sft_datasets(data, tokenizer, seed: int = 0) -> SFTData:
         train_rows = [rows[i] for i in order[n_val:]]
     if data.max_examples:
         train_rows = train_rows[: data.max_examples]
-    from .tokenizer import check_unknown_rate
+    from tinyllm.data.tokenizer import check_unknown_rate
 
     train, _, dropped, truncated = _encode(train_rows, tokenizer, data.max_seq_length, data.truncation,
                                            data.system_prompt)

@@ -125,7 +125,7 @@ class SampleCallback(TrainerCallback):
     def samples(self, model) -> list[str]:
         import torch
 
-        from .generation import generate_text
+        from tinyllm.inference.generation import generate_text
 
         was_training = model.training
         model.eval()
