@@ -139,3 +139,17 @@ def test_real_process_exit_status_and_no_traceback(args, needle):
 def test_debug_flag_shows_the_traceback():
     res = run_cli("pretrain", "--preset", "nanno", "--debug")
     assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_debug_shows_the_cause_behind_the_one_line(world, tmp_path):
+    """Without --debug a user error is one line; with it, the exception comes out with the error that caused it
+    chained (`raise ... from exc`), not hidden."""
+    from tinyllm.cli import run
+    from tinyllm.errors import ConfigError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(world / "model", broken)
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON") as info:
+        run("generate", ["--model", str(broken), "--prompt", "x", "--debug"])
+    assert isinstance(info.value.__cause__, json.JSONDecodeError)

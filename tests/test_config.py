@@ -94,15 +94,18 @@ def test_yaml_lists_and_mappings_survive(tmp_path):
     from tinyllm.config import PretrainTrainingOptions
 
     path = tmp_path / "run.yaml"
-    path.write_text("report_to: [tensorboard, none]\nlr_scheduler_kwargs: {min_lr_rate: 0.2}\nmax_steps: 7\n"
+    path.write_text("report_to: [tensorboard]\nlr_scheduler_kwargs: {min_lr_rate: 0.2}\nmax_steps: 7\n"
                     "warmup_steps: 3\n")
     types = [ModelArguments, DataArguments, TokenizerArguments, PretrainTrainingOptions]
     *_, args = parse_args(types, ["--config", str(path), "--output_dir", str(tmp_path / "o")])
-    assert args.report_to == ["tensorboard", "none"]  # was ["tensorboard,none"] when YAML went through strings
+    assert args.report_to == ["tensorboard"]  # a YAML list stays a list (it once went through strings)
     assert args.lr_scheduler_kwargs == {"min_lr_rate": 0.2} and args.max_steps == 7 and args.warmup_steps == 3
     *_, args = parse_args(types, ["--config", str(path), "--output_dir", str(tmp_path / "o"), "--max_steps", "9",
                                   "--report_to", "none"])
     assert args.max_steps == 9 and args.report_to == []  # transformers reads "none" as no integrations
+    path.write_text("report_to: [tensorboard, none]\n")  # was transformers' ValueError traceback at Trainer init
+    with pytest.raises(ConfigError, match="report_to lists 'none' together with tensorboard"):
+        parse_args(types, ["--config", str(path)])
     path.write_text("max_steps: lots\n")
     with pytest.raises(ConfigError, match="'max_steps' in .* must be of type int"):
         parse_args(types, ["--config", str(path)])
@@ -125,3 +128,20 @@ def test_the_model_folder_may_be_given_without_its_flag(tmp_path, capsys):
     assert code == 2 and "model folder not found" in err and str(tmp_path / "missing") in err
     code, _, err = run_inprocess(capsys, "report", tmp_path)
     assert code == 2 and "no run folders" in err
+
+
+@pytest.mark.parametrize("command", ["pretrain", "sft", "eval", "train-tokenizer", "generate", "serve"])
+def test_help_opens_each_option_group_with_one_line(command, capsys):
+    """`--help` names each option group with its one-line description, never the dataclass's generated signature,
+    and shows the command's own defaults (sft reads builtin_qa)."""
+    from tinyllm.cli import COMMANDS, format_help
+
+    cmd = COMMANDS[command]
+    text = format_help(cmd.types, f"tinyllm {command}", cmd.defaults)
+    groups = [line for line in text.splitlines() if line and not line.startswith((" ", "usage", "Options", "Every"))]
+    assert len(groups) == len(cmd.types)
+    for t, line in zip(cmd.types, groups):
+        assert line.startswith(f"{t.__name__}: ") and "(" not in line.split(":")[0] and len(line) <= 120, line
+        assert f"{t.__name__}(" not in line
+    if command == "sft":
+        assert "[default: builtin_qa]" in text

@@ -22,9 +22,9 @@ def test_policy_sets_the_mixed_precision_trainer_reads(monkeypatch, device, bf16
     monkeypatch.setattr(dev, "detect_device", lambda use_cpu=False: device)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_ok)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Fake GPU")
-    args = _args(precision=precision)
-    line = dev.apply_precision_policy(args)
-    assert args.mixed_precision == expected  # what Trainer passes to accelerate
+    args = _args(precision=precision)  # the policy runs inside __post_init__, before TrainingArguments' own
+    line = dev.describe_device(args)
+    assert args.mixed_precision == expected  # derived by TrainingArguments itself: what Trainer passes to accelerate
     assert args.bf16 == (expected == "bf16") and args.fp16 == (expected == "fp16")
     assert line.startswith("device: ") and "precision:" in line
     # the default AdamW becomes the fused kernel on CUDA and CPU (Trainer reads args.optim when building it)
@@ -35,7 +35,7 @@ def test_policy_sets_the_mixed_precision_trainer_reads(monkeypatch, device, bf16
 def test_unsupported_precision_is_a_clear_error(monkeypatch, device, precision):
     monkeypatch.setattr(dev, "detect_device", lambda use_cpu=False: device)
     with pytest.raises(ConfigError, match="fp16"):
-        dev.apply_precision_policy(_args(precision=precision))
+        _args(precision=precision)
 
 
 def test_cpu_bf16_run_trains_in_bf16_autocast(tmp_path, tokenizer_dir, capsys, monkeypatch):
@@ -70,7 +70,7 @@ def test_fused_adamw_choice_is_one_trainer_can_build(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Fake GPU")
     args = _args()
-    assert "fused AdamW" in dev.apply_precision_policy(args)
+    assert "fused AdamW" in dev.describe_device(args)
     cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
     assert cls is torch.optim.AdamW and kwargs.get("fused") is True
 
@@ -94,9 +94,9 @@ def test_torch_compile_is_dropped_with_a_warning_where_it_cannot_work(monkeypatc
 
     monkeypatch.setattr(dev, "detect_device", lambda use_cpu=False: device)
     monkeypatch.setattr(shutil, "which", lambda name: compiler)
-    args = _args(torch_compile=True)
     with caplog.at_level("WARNING", logger="tinyllm.device"):
-        line = dev.apply_precision_policy(args)
+        args = _args(torch_compile=True)
+    line = dev.describe_device(args)
     assert args.torch_compile is kept and ("torch.compile" in line) is kept
     assert any("torch_compile" in r.getMessage() for r in caplog.records) is not kept
     if not kept:

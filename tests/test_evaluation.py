@@ -37,7 +37,8 @@ def test_eval_scores_the_runs_own_heldout_documents(run_dir, capsys):
 
 
 def test_builtin_cloze_is_well_formed_and_scored_by_likelihood():
-    from tinyllm.evaluation.eval_stage import builtin_cloze_items
+    from tinyllm.data.builtin import ANIMALS
+    from tinyllm.evaluation.tasks import builtin_cloze_items
 
     for lang in ("en", "zh"):
         items = builtin_cloze_items(lang)
@@ -45,14 +46,14 @@ def test_builtin_cloze_is_well_formed_and_scored_by_likelihood():
         assert all(len(set(i["choices"])) == 4 and 0 <= i["label"] < 4 for i in items)
         labels = [i["label"] for i in items]
         assert len(set(labels)) == 4  # the answer is not always in the same place
-    item = builtin_cloze_items("en")[0]
-    assert item["choices"][item["label"]].strip(" .") in {"apples", "bones", "barn", "baa", "berries", "bread",
-                                                          "buzz", "bugs", "carrots", "cheese", "cave", "coop",
-                                                          "corn", "cluck", "den", "eggs", "field", "fish", "grass",
-                                                          "growl", "hay", "hive", "hole", "honey", "house", "lake",
-                                                          "meat", "meow", "moo", "neigh", "nest", "oink", "pen",
-                                                          "pond", "quack", "ribbit", "roar", "seeds", "squeak",
-                                                          "stable", "tweet", "woods", "woof", "yard", "yip"}
+    # the labelled choice is this animal's own fact, and no distractor is
+    kind_index = {"en": {"sound": 0, "food": 1, "home": 2}, "zh": {"sound": 1, "food": 2, "home": 3}}
+    for lang, facts in (("en", 0), ("zh", 1)):
+        for item in builtin_cloze_items(lang):
+            truth = ANIMALS[item["animal"]][facts][kind_index[lang][item["kind"]]]
+            stripped = [c.strip(" .。").removesuffix("里") for c in item["choices"]]
+            assert stripped[item["label"]] == truth, item
+            assert stripped.count(truth) == 1, item
 
 
 def test_a_model_that_knows_the_facts_beats_chance_and_noise_does_not(bpe_tokenizer):
@@ -63,7 +64,7 @@ def test_a_model_that_knows_the_facts_beats_chance_and_noise_does_not(bpe_tokeni
 
     from tinyllm.config import ModelArguments
     from tinyllm.data.builtin import ANIMALS, fact_sentences
-    from tinyllm.evaluation.eval_stage import builtin_cloze
+    from tinyllm.evaluation.tasks import builtin_cloze
     from tinyllm.modeling import build_config
 
     tok = bpe_tokenizer
@@ -106,7 +107,7 @@ def test_lm_eval_runs_offline_on_a_local_task(run_dir, tmp_path, capsys):
     """lm-evaluation-harness, through its own HF model class on our folder, on a task defined from a local JSONL
     file: no Hub. It scores the same cloze items as the built-in task and must agree with it exactly."""
     pytest.importorskip("lm_eval")
-    from tinyllm.evaluation.eval_stage import builtin_cloze_items
+    from tinyllm.evaluation.tasks import builtin_cloze_items
 
     for lang in ("en", "zh"):
         rows = builtin_cloze_items(lang)
@@ -141,7 +142,6 @@ def test_report_compares_runs(run_dir, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_eval_bad_input(run_dir, tmp_path, capsys):
-    pytest.importorskip("lm_eval")
     (tmp_path / "not_a_model").mkdir()
     cases = [
         (["--model", tmp_path / "not_a_model"], "no config.json"),
@@ -151,10 +151,17 @@ def test_eval_bad_input(run_dir, tmp_path, capsys):
         (["--model", run_dir, "--tasks", "sft"], "needs a chat model"),
         (["--model", run_dir, "--tasks", "bpb", "--dataset_name", str(tmp_path / "none.txt")], "not found"),
     ]
-    cases.append((["--model", run_dir, "--tasks", "arc_easy"], "could not be loaded"))  # offline: no task data
     for argv, needle in cases:
         code, _, err = run_inprocess(capsys, "eval", *argv, "--output", tmp_path / "r.json")
         assert_user_error(code, err, needle)
     assert not (tmp_path / "r.json").exists()
     code, _, err = run_inprocess(capsys, "report", "--runs", tmp_path / "not_a_model")
     assert_user_error(code, err, "no run folders")
+
+
+def test_eval_harness_task_without_its_data_offline(run_dir, tmp_path, capsys):
+    pytest.importorskip("lm_eval")
+    code, _, err = run_inprocess(capsys, "eval", "--model", run_dir, "--tasks", "arc_easy", "--output",
+                                 tmp_path / "r.json")
+    assert_user_error(code, err, "could not be loaded")  # offline: lm_eval cannot fetch the task's data
+    assert not (tmp_path / "r.json").exists()

@@ -165,6 +165,30 @@ def test_chat_model_modelfile_and_metadata(chat_dir, capsys):
     assert 'PARAMETER stop "<|im_end|>"' in modelfile and "<|im_start|>assistant" in modelfile
     assert f"PARAMETER temperature {gen['temperature']}" in modelfile
     assert f"PARAMETER top_k {gen['top_k']}" in modelfile
+    ctx = json.loads((chat_dir / "config.json").read_text())["max_position_embeddings"]
+    assert f"PARAMETER num_ctx {ctx}\n" in modelfile  # Ollama's default context is far past what the model saw
+
+
+def test_modelfile_leaves_a_non_chatml_template_to_the_gguf(chat_dir):
+    """A chat model whose template is not ChatML (Zephyr's, here) gets no hand-written ChatML TEMPLATE: Ollama
+    reads the template from the GGUF's tokenizer.chat_template."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from tinyllm.inference.export import _renders_chatml, write_modelfile
+
+    tok = AutoTokenizer.from_pretrained(chat_dir)
+    assert _renders_chatml(tok)
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    assert not _renders_chatml(tok)
+    info = {"generation": {}, "chat": True, "chatml": False, "context": 96}
+    text = write_modelfile(Path("m.gguf"), info, {"stops": ["</s>"]})
+    assert not [line for line in text.splitlines() if line.startswith("TEMPLATE")]
+    assert "PARAMETER num_ctx 96" in text and 'PARAMETER stop "</s>"' in text
+    chatml = write_modelfile(Path("m.gguf"), {**info, "chatml": True}, {"stops": []})
+    assert "<|im_start|>assistant" in chatml
 
 
 def _llama_cpp(path, n_ctx=256):

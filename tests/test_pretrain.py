@@ -105,8 +105,6 @@ def test_generate_command_streams(trained):
 def test_utf8_streamer_never_prints_half_a_character(bpe_tokenizer):
     import io
 
-    import torch
-
     from tinyllm.inference.generation import Utf8Streamer
 
     text = "猫会说喵喵。😀 emoji 𠀀 and 中文"
@@ -122,10 +120,10 @@ def test_utf8_streamer_never_prints_half_a_character(bpe_tokenizer):
             chunks.append(s)
             return len(s)
 
-    streamer = Utf8Streamer(bpe_tokenizer, out=Sink(), skip_prompt=False)
+    streamer = Utf8Streamer(bpe_tokenizer, out=Sink())
     for i in byte_ids:
-        streamer.put(torch.tensor([i]))
-    streamer.end()
+        streamer.push(i)
+    streamer.finish()
     assert all("\ufffd" not in c for c in chunks)
     assert "".join(chunks) == text + "\n"
     assert any(len(bpe_tokenizer.decode([i])) == 1 and bpe_tokenizer.decode([i]) == "\ufffd" for i in byte_ids)
@@ -134,11 +132,20 @@ def test_utf8_streamer_never_prints_half_a_character(bpe_tokenizer):
     emoji = bpe_tokenizer("ok😀", add_special_tokens=False)["input_ids"]
     assert len(emoji) > 2  # "ok" + the emoji's bytes, split over several byte tokens
     chunks.clear()
-    streamer = Utf8Streamer(bpe_tokenizer, out=Sink(), skip_prompt=False)
+    streamer = Utf8Streamer(bpe_tokenizer, out=Sink())
     for i in emoji[:-1]:  # stop one byte short of the emoji
-        streamer.put(torch.tensor([i]))
-    streamer.end()
+        streamer.push(i)
+    streamer.finish()
     assert "".join(chunks) == "ok\n"
+    # lines are decoded one at a time (decoding stays O(line)); the text still adds up across lines
+    chunks.clear()
+    lines = "第一行：猫。\nsecond line 😀\n第三行"
+    streamer = Utf8Streamer(bpe_tokenizer, out=Sink())
+    for ch in lines:
+        for i in bpe_tokenizer(ch, add_special_tokens=False)["input_ids"]:
+            streamer.push(i)
+    streamer.finish()
+    assert "".join(chunks) == lines + "\n" and streamer.text == lines and not streamer.line
 
 
 def test_second_run_reuses_cached_tokenization(tmp_path, tokenizer_dir, capsys):

@@ -166,7 +166,7 @@ def test_planner_warns_when_model_dwarfs_data():
     from tinyllm.config import DataArguments, ModelArguments
     from tinyllm.modeling import build_config
     from tinyllm.training.arguments import PretrainingArguments
-    from tinyllm.training.plan import estimate
+    from tinyllm.training.estimate import estimate
 
     cfg = build_config(ModelArguments(), 512, 64, 0, 1, 2)
     plan = estimate(cfg, DataArguments(block_size=64), PretrainingArguments(report_to="none"),
@@ -180,7 +180,7 @@ def test_planner_counts_attention_flops():
     from tinyllm.config import DataArguments, ModelArguments
     from tinyllm.modeling import build_config
     from tinyllm.training.arguments import PretrainingArguments
-    from tinyllm.training.plan import estimate
+    from tinyllm.training.estimate import estimate
 
     args = PretrainingArguments(report_to="none", max_steps=100, per_device_train_batch_size=4)
     flops = {}
@@ -246,5 +246,4 @@ def test_loading_never_executes_checkpoint_code(tmp_path, capsys, bpe_tokenizer)
         code, _, err = run_inprocess(capsys, command, flag, folder, "--output_dir" if command == "sft" else "--seed",
                                      tmp_path / "o" if command == "sft" else "0")
         assert_user_error(code, err, "custom code")
-    assert not (tmp_path / "pwned").exists()
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    assert not (tmp_path / "pwned").exists() and "evil" not in sys.modules  # never imported, never run

@@ -121,26 +121,20 @@ def test_merged_model_matches_adapter_and_base_stayed_frozen(sft_run, base_llama
         assert torch.equal(p, base_sd[key]), name
 
 
-def test_lora_freezes_base_and_trains_chat_token_rows(base_llama, bpe_tokenizer):
-    """tinyllm's LoRA builder: only adapter weights and the chat tokens' embedding rows are trainable."""
-    from types import SimpleNamespace
+def test_sft_trains_exactly_the_chat_token_rows_of_the_embeddings(sft_run, base_llama):
+    """tinyllm's tokenizers reserve <|im_start|>/<|im_end|> but pretraining never sees them, so SFT trains those
+    two embedding rows (and no others) besides the LoRA matrices: compare the merged model with its base."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tinyllm.training.sft import build_lora_model, chat_token_ids, load_base
+    from tinyllm.training.sft import chat_token_ids
 
-    model, tok = load_base(str(base_llama))
-    lora = SimpleNamespace(use_lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=None,
-                           train_chat_token_embeddings=True)
-    ids = chat_token_ids(tok)
-    assert ids == [tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", IM_END)]
-    peft_model = build_lora_model(model, lora, ids)
-    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in n or "trainable_tokens" in n for n in trainable)
-    targets = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable if "lora_A" in n}
-    assert targets == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    assert any("trainable_tokens" in n for n in trainable)
-    no_rows = build_lora_model(load_base(str(base_llama))[0], SimpleNamespace(**{**vars(lora),
-                               "train_chat_token_embeddings": False}), ids)
-    assert not any("trainable_tokens" in n for n, p in no_rows.named_parameters() if p.requires_grad)
+    tok = AutoTokenizer.from_pretrained(sft_run)
+    chat_ids = chat_token_ids(tok)
+    assert chat_ids == [tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", IM_END)]
+    merged = AutoModelForCausalLM.from_pretrained(sft_run).get_input_embeddings().weight.detach()
+    base = AutoModelForCausalLM.from_pretrained(base_llama).get_input_embeddings().weight.detach()
+    changed = (merged != base).any(dim=1).nonzero().flatten().tolist()
+    assert changed == sorted(chat_ids)
 
 
 @pytest.mark.slow

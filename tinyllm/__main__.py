@@ -5,12 +5,13 @@ import sys
 
 from tinyllm.cli import main
 
-# Commands that only read a model or a run and print: once they have printed, the process ends with os._exit
+# Commands that only read a model or a config and print (not `report`, which writes files): once they have
+# printed, the process ends with os._exit
 # instead of Python's interpreter finalization, which after importing torch and transformers' models takes ~1 s on
 # a 2-core CPU (`python -c "import torch, transformers.models.llama.modeling_llama"`: 3.95 s; with os._exit(0)
 # at the end: 2.75 s) and would be a fifth of `tinyllm generate`'s time. Commands that train, serve or write files
 # exit normally, so every atexit handler and finalizer runs.
-QUICK_EXIT = {"generate", "chat", "plan", "report"}
+QUICK_EXIT = {"generate", "chat", "plan"}
 
 
 def entry() -> None:

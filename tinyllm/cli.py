@@ -21,54 +21,124 @@ and exit with status 2; add --debug for the traceback.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import sys
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from tinyllm import __version__
 from tinyllm import config as c
 from tinyllm.errors import ConfigError, TinyLLMError, first_line, suggest
+from tinyllm.logs import setup_logging
+from tinyllm.modeling import describe_presets
 
 __all__ = ["COMMANDS", "Command", "parse_args", "load_yaml", "format_help", "run", "main"]
+
+
+# Each command's runner is imported when the command runs, so `--help` and `tinyllm presets` never import torch
+# or transformers; the imports are written out (not "module:function" strings) so readers and
+# tests/test_layout.py see which stage each command runs.
+
+def _train_tokenizer(*objs):
+    from tinyllm.data.tokenizer_stage import run_tokenizer_training
+
+    return run_tokenizer_training(*objs)
+
+
+def _pretrain(*objs):
+    from tinyllm.training.pretrain import run_pretraining
+
+    return run_pretraining(*objs)
+
+
+def _sft(*objs):
+    from tinyllm.training.sft import run_sft
+
+    return run_sft(*objs)
+
+
+def _generate(*objs):
+    from tinyllm.inference.terminal import run_generate
+
+    return run_generate(*objs)
+
+
+def _chat(*objs):
+    from tinyllm.inference.terminal import run_chat
+
+    return run_chat(*objs)
+
+
+def _plan(*objs):
+    from tinyllm.training.plan import run_plan
+
+    return run_plan(*objs)
+
+
+def _eval(*objs):
+    from tinyllm.evaluation.eval_stage import run_eval
+
+    return run_eval(*objs)
+
+
+def _export(*objs):
+    from tinyllm.inference.export import run_export
+
+    return run_export(*objs)
+
+
+def _serve(*objs):
+    from tinyllm.inference.serve import run_serve
+
+    return run_serve(*objs)
+
+
+def _report(*objs):
+    from tinyllm.evaluation.compare import run_report
+
+    return run_report(*objs)
+
+
+def _presets() -> None:
+    print(describe_presets())
 
 
 @dataclass(frozen=True)
 class Command:
     help: str
     types: tuple  # option dataclasses; training options are swapped for their TrainingArguments subclass
-    runner: str  # "module:function", called with one instance per type
+    runner: Callable  # called with one instance per type
     positional: str | None = None  # `tinyllm eval outputs/x` means `--model outputs/x`
+    defaults: dict = field(default_factory=dict)  # this command's defaults for shared options (dataset_name, ...)
 
 
+_PRETRAIN_TYPES = (c.ModelArguments, c.DataArguments, c.TokenizerArguments, c.PretrainTrainingOptions)
 COMMANDS: dict[str, Command] = {
     "train-tokenizer": Command("train a BPE or char tokenizer on a corpus",
-                               (c.DataArguments, c.TokenizerArguments, c.OutputArguments),
-                               "tinyllm.data.tokenizer_stage:run_tokenizer_training"),
+                               (c.DataArguments, c.TokenizerArguments, c.OutputArguments), _train_tokenizer),
     "pretrain": Command("pretrain a GPT-2/Llama model (from scratch, or continue one) with transformers.Trainer",
-                        (c.ModelArguments, c.DataArguments, c.TokenizerArguments, c.PretrainTrainingOptions),
-                        "tinyllm.training.pretrain:run_pretraining"),
+                        _PRETRAIN_TYPES, _pretrain),
     "sft": Command("instruction-tune a pretrained model with LoRA on question-answer pairs",
-                   (c.SFTModelArguments, c.SFTDataArguments, c.LoraArguments, c.SFTTrainingOptions),
-                   "tinyllm.training.sft:run_sft"),
+                   (c.SFTModelArguments, c.DataArguments, c.SFTArguments, c.LoraArguments, c.SFTTrainingOptions),
+                   _sft, defaults={"dataset_name": "builtin_qa", "validation_split_percentage": 10.0}),
     "generate": Command("sample text from a saved model (streams to the terminal)", (c.GenerationArguments,),
-                        "tinyllm.inference.generation:run_generate", "model"),
-    "chat": Command("chat with an instruction-tuned model in the terminal", (c.GenerationArguments,),
-                    "tinyllm.inference.generation:run_chat", "model"),
+                        _generate, "model"),
+    "chat": Command("chat with an instruction-tuned model in the terminal", (c.GenerationArguments,), _chat, "model"),
     "plan": Command("print parameters, tokens, memory and time estimates for a config without training",
-                    (c.ModelArguments, c.DataArguments, c.TokenizerArguments, c.PretrainTrainingOptions),
-                    "tinyllm.training.plan:run_plan"),
+                    _PRETRAIN_TYPES, _plan),
+    # eval's dataset options default to None: "the run's own corpus and split" (recorded in run_summary.json)
     "eval": Command("evaluate a saved model: bits per byte, built-in tasks, lm-evaluation-harness tasks",
-                    (c.EvalArguments,), "tinyllm.evaluation.eval_stage:run_eval", "model"),
+                    (c.EvalArguments, c.DataArguments), _eval, "model",
+                    defaults={"dataset_name": None, "validation_split_percentage": None}),
     "export": Command("export a model to GGUF (llama.cpp, Ollama, LM Studio) with an Ollama Modelfile",
-                      (c.ExportArguments,), "tinyllm.inference.export:run_export", "model"),
+                      (c.ExportArguments,), _export, "model"),
     "serve": Command("serve a model: OpenAI-compatible API (/v1) and a web chat page (/)", (c.ServeArguments,),
-                     "tinyllm.inference.serve:run_serve", "model"),
+                     _serve, "model"),
     "report": Command("compare the runs in a folder side by side (Markdown table + plot)", (c.ReportArguments,),
-                      "tinyllm.evaluation.report:run_report", "runs"),
-    "presets": Command("list the model size presets", (), "tinyllm.modeling:print_presets"),
+                      _report, "runs"),
+    "presets": Command("list the model size presets", (), _presets),
 }
 TRAINING_OPTIONS = (c.PretrainTrainingOptions, c.SFTTrainingOptions)
 
@@ -83,12 +153,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}; fix the syntax") from None
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}; fix the syntax") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -120,6 +190,7 @@ def _runtime_types(option_types: Sequence[type]) -> list[type]:
     if not any(t in TRAINING_OPTIONS for t in option_types):
         return list(option_types)
     from tinyllm.training.arguments import training_arguments_class
+
 
     return [training_arguments_class(t) if t in TRAINING_OPTIONS else t for t in option_types]
 
@@ -170,8 +241,8 @@ def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
             raise bad
         try:
             return float(value)
-        except (TypeError, ValueError):
-            raise bad from None
+        except (TypeError, ValueError) as exc:
+            raise bad from exc
     if isinstance(value, (list, dict)):
         raise bad
     return value if isinstance(value, str) else str(value)
@@ -190,17 +261,19 @@ class _Parser:
         self.parser = Quiet(types_)
 
 
-def parse_args(option_types: Sequence[type], argv: Sequence[str] | None = None, prog: str = "tinyllm") -> tuple:
-    """One instance per dataclass in `option_types`, filled from defaults, `--config` YAML and flags."""
+def parse_args(option_types: Sequence[type], argv: Sequence[str] | None = None, prog: str = "tinyllm",
+               command_defaults: dict[str, Any] | None = None) -> tuple:
+    """One instance per dataclass in `option_types`, filled from defaults (the dataclasses', then the command's),
+    `--config` YAML and flags."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(format_help(option_types, prog))
+        print(format_help(option_types, prog, command_defaults))
         raise SystemExit(0)
     config_path, cli = _split_config_flag(argv)
     types_ = _runtime_types(option_types)
     hints = _hints(types_)
     names = list(hints)
-    defaults: dict[str, Any] = {}
+    defaults: dict[str, Any] = dict(command_defaults or {})
     if config_path:
         for key, value in load_yaml(config_path).items():
             if key not in hints:
@@ -222,7 +295,7 @@ def parse_args(option_types: Sequence[type], argv: Sequence[str] | None = None, 
     except ConfigError:
         raise
     except (ValueError, TypeError) as exc:  # raised by a dataclass __post_init__ (e.g. TrainingArguments)
-        raise ConfigError(first_line(exc)) from None
+        raise ConfigError(first_line(exc)) from exc
     if remaining:
         raise ConfigError(f"unexpected argument(s): {' '.join(remaining)}; options look like --key value")
     return tuple(objs)
@@ -266,14 +339,24 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def format_help(option_types: Sequence[type], prog: str) -> str:
+def _group_line(t: type) -> str:
+    """A dataclass's own one-line description (its docstring's first line; never the generated signature)."""
+    doc = (t.__doc__ or "").strip()
+    first = doc.splitlines()[0] if doc and not doc.startswith(f"{t.__name__}(") else ""
+    return f"{t.__name__}: {first}" if first else t.__name__
+
+
+def format_help(option_types: Sequence[type], prog: str, command_defaults: dict[str, Any] | None = None) -> str:
     """Help text from dataclass metadata, without importing transformers."""
     lines = [f"usage: {prog} [--config FILE.yaml] [--key value ...] [--debug]", "",
              "Options; precedence: default < YAML < command line.", ""]
+    command_defaults = command_defaults or {}
     for t in option_types:
-        lines.append(f"{t.__name__}: {(t.__doc__ or '').strip().splitlines()[0] if t.__doc__ else ''}".rstrip(": "))
+        lines.append(_group_line(t))
         for f in dataclasses.fields(t):
-            if f.default is not dataclasses.MISSING:
+            if f.name in command_defaults:
+                default = command_defaults[f.name]
+            elif f.default is not dataclasses.MISSING:
                 default = f.default
             elif f.default_factory is not dataclasses.MISSING:
                 default = f.default_factory()
@@ -288,11 +371,6 @@ def format_help(option_types: Sequence[type], prog: str) -> str:
     return "\n".join(lines)
 
 
-def _resolve(runner: str):
-    module, func = runner.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
 def run(command: str, argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status. User errors become one line unless --debug is given."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -300,15 +378,13 @@ def run(command: str, argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     cmd = COMMANDS[command]
     if "-h" in argv or "--help" in argv:
-        print(format_help(cmd.types, f"tinyllm {command}"))
+        print(format_help(cmd.types, f"tinyllm {command}", cmd.defaults))
         return 0
     if cmd.positional and argv and not argv[0].startswith("-"):
         argv = [f"--{cmd.positional}", argv[0], *argv[1:]]
-    from tinyllm.logs import setup_logging
-
     try:
-        objs = parse_args(cmd.types, argv, prog=f"tinyllm {command}")
-        setup_logging(objs)
+        objs = parse_args(cmd.types, argv, prog=f"tinyllm {command}", command_defaults=cmd.defaults)
+        setup_logging()
         return _call(cmd.runner, objs)
     except TinyLLMError as exc:
         if debug:
@@ -329,8 +405,8 @@ def run(command: str, argv: list[str] | None = None) -> int:
         return 1
 
 
-def _call(runner: str, objs: tuple) -> int:
-    result = _resolve(runner)(*objs)
+def _call(runner: Callable, objs: tuple) -> int:
+    result = runner(*objs)
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
@@ -343,8 +419,6 @@ def main(argv: list[str] | None = None) -> int:
         print("\nRun 'tinyllm COMMAND --help' for a command's options.")
         return 0
     if argv[0] == "--version":
-        from tinyllm import __version__
-
         print(__version__)
         return 0
     command = argv[0]

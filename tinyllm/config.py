@@ -10,13 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from tinyllm.errors import ConfigError, suggest
+from tinyllm.modeling import PRESETS
+
 __all__ = [
     "DataArguments",
     "TokenizerArguments",
     "ModelArguments",
     "LoraArguments",
     "GenerationArguments",
-    "SFTDataArguments",
+    "SFTArguments",
+    "EvalArguments",
+    "ReportArguments",
+    "ServeArguments",
+    "ExportArguments",
     "SFTModelArguments",
     "OutputArguments",
     "RunDefaults",
@@ -27,10 +34,15 @@ __all__ = [
 
 @dataclass
 class DataArguments:
-    dataset_name: str = field(
+    """Dataset options (one class for every command that reads data).
+
+    A command may change a default (sft reads builtin_qa; eval reads the run's own corpus): see cli.COMMANDS."""
+
+    dataset_name: Optional[str] = field(
         default="builtin",
-        metadata={"help": "Corpus: builtin, tiny_shakespeare, tinystories, chinese_poetry, a local "
-                          "txt/json/jsonl/parquet file or folder, or a Hugging Face dataset id."},
+        metadata={"help": "Corpus: builtin, tiny_shakespeare, tinystories, chinese_poetry; QA data for sft: "
+                          "builtin_qa; or a local txt/json/jsonl/parquet file or folder, or a Hugging Face dataset "
+                          "id. eval: the run's own corpus unless given."},
     )
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "HF dataset configuration name."})
     dataset_split: str = field(default="train", metadata={"help": "Split to read from an HF dataset."})
@@ -40,7 +52,7 @@ class DataArguments:
     text_column: Optional[str] = field(
         default=None, metadata={"help": "Column/field holding the text (auto-detected)."}
     )
-    validation_split_percentage: float = field(
+    validation_split_percentage: Optional[float] = field(
         default=5.0, metadata={"help": "Percent of documents held out for validation when no split is given."}
     )
     block_size: Optional[int] = field(
@@ -56,18 +68,17 @@ class DataArguments:
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Where corpora and processed data are cached."})
 
     def __post_init__(self):
-        from tinyllm.errors import ConfigError
-
         if self.block_size is not None and self.block_size < 2:
             raise ConfigError(f"block_size must be >= 2, got {self.block_size}")
-        if not 0 <= self.validation_split_percentage < 100:
-            raise ConfigError(
-                f"validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}"
-            )
+        pct = self.validation_split_percentage
+        if pct is not None and not 0 <= pct < 100:
+            raise ConfigError(f"validation_split_percentage must be in [0, 100), got {pct}")
 
 
 @dataclass
 class TokenizerArguments:
+    """The tokenizer: a saved one, or one trained on the corpus first."""
+
     tokenizer_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "A saved tokenizer folder. Empty: train one on the corpus first."}
     )
@@ -81,8 +92,6 @@ class TokenizerArguments:
     )
 
     def __post_init__(self):
-        from tinyllm.errors import ConfigError, suggest
-
         if self.tokenizer_type not in ("bpe", "char"):
             raise ConfigError(
                 f"tokenizer_type must be 'bpe' or 'char', got '{self.tokenizer_type}'"
@@ -92,6 +101,8 @@ class TokenizerArguments:
 
 @dataclass
 class ModelArguments:
+    """The model: a size preset with any override, or a saved model to continue from."""
+
     model_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "Start from this saved model folder instead of random weights."}
     )
@@ -114,14 +125,11 @@ class ModelArguments:
     )
 
     def __post_init__(self):
-        from tinyllm.errors import ConfigError, suggest
-
         if self.model_type not in ("llama", "gpt2"):
             raise ConfigError(
                 f"model_type must be 'llama' or 'gpt2', got '{self.model_type}'"
                 + suggest(self.model_type, ["llama", "gpt2"])
             )
-        from tinyllm.modeling import PRESETS
 
         if self.preset not in PRESETS:
             raise ConfigError(
@@ -131,6 +139,8 @@ class ModelArguments:
 
 @dataclass
 class LoraArguments:
+    """LoRA adapter (peft) on every linear layer, or full fine-tuning."""
+
     use_lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter (false: full fine-tuning)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
@@ -145,31 +155,28 @@ class LoraArguments:
 
 
 @dataclass
-class SFTDataArguments:
-    dataset_name: str = field(
-        default="builtin_qa", metadata={"help": "QA data: builtin_qa, a jsonl/json/parquet file, or an HF dataset id."}
-    )
-    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "HF dataset configuration name."})
-    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
-    validation_split_name: Optional[str] = field(default=None, metadata={"help": "Split to evaluate on."})
-    validation_split_percentage: float = field(
-        default=10.0, metadata={"help": "Held-out percent when no split is given."}
-    )
+class SFTArguments:
+    """How question-answer data becomes training examples, and how answers are scored after training."""
+
     max_seq_length: int = field(default=256, metadata={"help": "Longer examples are truncated or dropped."})
     truncation: str = field(default="drop", metadata={"help": "What to do with over-long examples: drop or truncate."})
     system_prompt: Optional[str] = field(default=None, metadata={"help": "Optional system message for every example."})
     max_examples: Optional[int] = field(default=None, metadata={"help": "Use at most this many training examples."})
     eval_max_new_tokens: int = field(default=32, metadata={"help": "Token budget for generated answers in evaluation."})
-    cache_dir: Optional[str] = field(default=None, metadata={"help": "Cache folder."})
+    # Exact match is a measure for short factual answers (the built-in QA); for open-ended answers (Alpaca) the
+    # held-out answer-token loss is the measure, and generating hundreds of answers twice costs minutes on a CPU.
+    answer_eval_examples: int = field(default=200, metadata={
+        "help": "Held-out questions answered (greedy) before and after SFT for exact match; 0 turns it off. Exact "
+                "match suits short factual answers; for open-ended data read the answer-token loss."})
 
     def __post_init__(self):
-        from tinyllm.errors import ConfigError, suggest
-
         if self.truncation not in ("drop", "truncate"):
             raise ConfigError(
                 f"truncation must be 'drop' or 'truncate', got '{self.truncation}'"
                 + suggest(self.truncation, ["drop", "truncate"])
             )
+        if self.answer_eval_examples < 0:
+            raise ConfigError(f"answer_eval_examples must be >= 0 (0 turns it off), got {self.answer_eval_examples}")
 
 
 COMPILE_HELP = ("Compile the one-token decoding step (torch.compile, static KV cache): ~2x tokens/s at batch 1 "
@@ -178,6 +185,8 @@ COMPILE_HELP = ("Compile the one-token decoding step (torch.compile, static KV c
 
 @dataclass
 class GenerationArguments:
+    """The model to load and how to sample from it."""
+
     model: str = field(default="outputs/quickstart", metadata={"help": "A saved model folder (or Hub id if cached)."})
     prompt: str = field(default="", metadata={"help": "Text to continue."})
     max_new_tokens: int = field(default=200, metadata={"help": "Tokens to generate."})
@@ -240,7 +249,7 @@ class RunDefaults:
 
 @dataclass
 class PretrainTrainingOptions(RunDefaults):
-    """transformers.TrainingArguments with defaults for small LMs trained from scratch, plus tinyllm's options."""
+    """Training: transformers.TrainingArguments, with defaults for small models trained from scratch."""
 
     output_dir: str = field(default="outputs/run", metadata={"help": "Where the model folder and checkpoints go."})
     # small models tolerate (and need) a much higher LR than fine-tuning
@@ -273,7 +282,7 @@ class PretrainTrainingOptions(RunDefaults):
 
 @dataclass
 class SFTTrainingOptions(RunDefaults):
-    """transformers.TrainingArguments with defaults for LoRA on small models, plus tinyllm's options."""
+    """Training: transformers.TrainingArguments, with defaults for LoRA on small models."""
 
     output_dir: str = field(default="outputs/sft", metadata={"help": "Where the chat model and adapter go."})
     # LoRA on a tiny model: higher than the 2e-4 usual for 7B models
@@ -294,6 +303,8 @@ class SFTTrainingOptions(RunDefaults):
 
 @dataclass
 class SFTModelArguments:
+    """The model to instruction-tune."""
+
     model_name_or_path: str = field(
         default="outputs/quickstart", metadata={"help": "Pretrained tinyllm/HF model folder."}
     )
@@ -301,20 +312,12 @@ class SFTModelArguments:
 
 @dataclass
 class EvalArguments:
-    """Evaluate a saved model folder."""
+    """Evaluate a saved model folder (the held-out text comes from the dataset options)."""
 
     model: str = field(default="outputs/quickstart", metadata={"help": "A saved model folder."})
     tasks: str = field(default="auto", metadata={"help": "Comma-separated: bpb, builtin_cloze, sft, or lm_eval task "
                                                            "names (hellaswag, arc_easy, ...). auto: what fits the "
                                                            "model (bpb, builtin_cloze, and sft for chat models)."})
-    dataset_name: Optional[str] = field(default=None, metadata={"help": "Held-out text for bpb: a corpus name, file "
-                                                                        "or HF id (default: the run's own corpus)."})
-    validation_split_name: Optional[str] = field(default=None, metadata={"help": "HF split to use for bpb."})
-    validation_split_percentage: Optional[float] = field(default=None, metadata={"help": "Held-out percent "
-                                                                                          "(default: the run's)."})
-    text_column: Optional[str] = field(default=None, metadata={"help": "Text column/field (auto-detected)."})
-    block_size: Optional[int] = field(default=None, metadata={"help": "Tokens per scored block (default: the run's)."})
-    max_documents: Optional[int] = field(default=None, metadata={"help": "Score at most this many held-out documents."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per forward pass."})
     limit: Optional[int] = field(default=None, metadata={"help": "lm_eval: at most this many examples per task."})
     include_path: Optional[str] = field(default=None, metadata={"help": "lm_eval: a folder of extra task YAMLs."})

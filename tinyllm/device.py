@@ -13,7 +13,7 @@ import logging
 
 from tinyllm.errors import ConfigError, suggest
 
-__all__ = ["detect_device", "declare_cpu", "apply_precision_policy", "compile_loader_settings"]
+__all__ = ["detect_device", "declare_cpu", "apply_precision_policy", "describe_device", "compile_loader_settings"]
 
 logger = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -41,8 +41,11 @@ def declare_cpu(args) -> None:
         args.use_cpu = True
 
 
-def apply_precision_policy(args) -> str:
-    """Set args.bf16 / args.fp16 from args.precision and the device; return a one-line description."""
+def apply_precision_policy(args) -> None:
+    """Set args.bf16 / args.fp16 from args.precision and the device, the fused AdamW where it runs, and drop
+    torch.compile where it cannot work. Called from the TrainingArguments subclasses' __post_init__ *before*
+    TrainingArguments' own, which derives from these fields what Trainer reads (`mixed_precision`, the optimizer
+    enum, the dynamo backend): set afterwards, the policy would print "bf16" and train in fp32."""
     import torch
 
     if args.precision not in PRECISIONS:
@@ -64,20 +67,21 @@ def apply_precision_policy(args) -> str:
     if device == "cuda" and choice == "bf16" and not torch.cuda.is_bf16_supported():
         raise ConfigError("this GPU does not support bf16; use --precision fp16")
     args.bf16, args.fp16 = choice == "bf16", choice == "fp16"
-    # TrainingArguments turns bf16/fp16 into `mixed_precision` in __post_init__, and Trainer reads only that:
-    # without this line the policy would print "bf16" and train in fp32.
-    args.mixed_precision = choice if choice in ("bf16", "fp16") else "no"
     if device in ("cuda", "cpu") and args.optim == "adamw_torch":
-        from transformers.training_args import OptimizerNames
-
-        # Trainer looks args.optim up in a dict keyed by this enum (a plain string would not be found)
-        args.optim = OptimizerNames.ADAMW_TORCH_FUSED
+        args.optim = "adamw_torch_fused"
     if getattr(args, "torch_compile", False):
         _check_compile(args, device)
-    attn = "sdpa"
+
+
+def describe_device(args) -> str:
+    """The device/precision line logged at the start of a run (after apply_precision_policy)."""
+    import torch
+
+    device = detect_device(args.use_cpu)
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     name = torch.cuda.get_device_name(0) if device == "cuda" else device
-    desc = f"device: {name} | precision: {choice}{' (auto)' if args.precision == 'auto' else ''} | attention: {attn}"
-    if args.optim == "adamw_torch_fused":
+    desc = f"device: {name} | precision: {precision}{' (auto)' if args.precision == 'auto' else ''} | attention: sdpa"
+    if str(getattr(args.optim, "value", args.optim)) == "adamw_torch_fused":
         desc += " | fused AdamW"
     if getattr(args, "torch_compile", False):
         desc += " | torch.compile"

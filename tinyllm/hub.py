@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinyllm.errors import TinyLLMError, first_line
+from tinyllm.formatting import fmt_value
 
 __all__ = ["make_generation_config", "save_model_folder", "plot_loss", "CardInfo", "write_model_card",
            "push_folder", "check_finite", "hardware_summary"]
@@ -88,21 +89,6 @@ def save_figure(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> No
     plt.close(fig)
 
 
-def fmt_value(v) -> str:
-    """A number as people read it in tables: 4 significant digits, thousands separators for large counts."""
-    if v is None:
-        return ""
-    return _fmt(v)
-
-
-def _fmt(v):
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, int) and v >= 10_000:
-        return f"{v:,}"
-    return str(v)
-
-
 @dataclass
 class CardInfo:
     """What the model card says: title, description, usage, a training summary table and eval results."""
@@ -177,13 +163,13 @@ def write_model_card(folder: Path, card: CardInfo) -> None:
     if card.eval_results:
         evals = "\n## Evaluation\n\n| task | dataset | metric | value |\n|---|---|---|---:|\n" + "\n".join(
             f"| {r.get('task_name') or ''} | {r['dataset']} | {r.get('metric_name') or r['metric']} | "
-            f"{_fmt(r['value'])} |"
+            f"{fmt_value(r['value'])} |"
             for r in card.eval_results) + "\n"
     text = ModelCard.from_template(
         data, template_str=_CARD_TEMPLATE, title=card.title, description=card.description,
         architecture=card.summary.get("architecture", "transformers"),
         usage=_usage(card.name, card.usage_prompt, card.chat),
-        rows="\n".join(f"| {k} | {_fmt(v)} |" for k, v in card.summary.items()),
+        rows="\n".join(f"| {k} | {fmt_value(v)} |" for k, v in card.summary.items()),
         plot="\n![loss curve](loss_curve.png)\n" if (folder / "loss_curve.png").exists() else "", evals=evals)
     (folder / "README.md").write_text(str(text), encoding="utf-8")
 

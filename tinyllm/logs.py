@@ -31,7 +31,9 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(_objs=None) -> None:
+def setup_logging() -> None:
+    """tinyllm's logger on stderr (INFO on the main process, WARNING on the others) and quiet libraries; off a
+    terminal, no carriage-return progress bars from transformers, datasets or the Hub client."""
     logger = logging.getLogger("tinyllm")
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
@@ -45,6 +47,15 @@ def setup_logging(_objs=None) -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TQDM_DISABLE", "1")
+        # transformers' own bars ("Loading weights", "Writing model shards") follow huggingface_hub's switch, read
+        # when transformers is imported; set it in the Hub client too in case it was imported before this call
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+        if "transformers" in sys.modules:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
     if "transformers" in sys.modules:
         import transformers
 

@@ -7,12 +7,13 @@ with no custom code and convert to GGUF with the usual tools.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from tinyllm.errors import ConfigError, suggest
+from tinyllm.errors import ConfigError, first_line, suggest
 
 __all__ = ["PRESETS", "Preset", "build_config", "apply_overrides", "pad_vocab", "check_vocab", "describe_presets",
-           "print_presets"]
+           "resolve_block_size", "eval_mode"]
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,6 @@ PRESETS: dict[str, Preset] = {
     # GPT-2 small shape: 124M parameters with GPT-2's 50257 vocab
     "gpt2-small": Preset(12, 12, 768, 1024, "GPT-2 small shape, ~85M + embeddings (124M at a 50k vocab)"),
 }
-
-
-def print_presets() -> None:
-    print(describe_presets())
 
 
 def describe_presets() -> str:
@@ -98,9 +95,7 @@ def apply_overrides(cfg, text: str) -> None:
     try:
         cfg.update_from_string(",".join(x.strip() for x in text.split(",") if x.strip()))
     except (ValueError, TypeError) as exc:
-        from tinyllm.errors import first_line
-
-        raise ConfigError(f"config_overrides '{text}': {first_line(exc)}") from None
+        raise ConfigError(f"config_overrides '{text}': {first_line(exc)}") from exc
 
 
 def check_vocab(tokenizer, config, where: str = "the model") -> None:
@@ -109,3 +104,35 @@ def check_vocab(tokenizer, config, where: str = "the model") -> None:
     if n > config.vocab_size:
         raise ConfigError(f"the tokenizer has {n} tokens but {where} has only {config.vocab_size} embedding rows; "
                           f"use the tokenizer saved with that model (or retrain the model with this tokenizer)")
+
+
+def resolve_block_size(model_args, data) -> int:
+    """block_size defaults to the preset's context, or to the loaded model's (at most 1024); it may not exceed the
+    model's. Sets and returns data.block_size."""
+    import json
+    from pathlib import Path
+
+    limit = None
+    if model_args.model_name_or_path:
+        cfg_path = Path(model_args.model_name_or_path) / "config.json"
+        if cfg_path.is_file():
+            cfg = json.loads(cfg_path.read_text())
+            limit = cfg.get("max_position_embeddings") or cfg.get("n_positions")
+    if data.block_size is None:
+        data.block_size = min(limit, 1024) if limit else PRESETS[model_args.preset].block_size
+    if limit and data.block_size > limit:
+        raise ConfigError(f"block_size {data.block_size} exceeds the model's context of {limit}; lower --block_size")
+    return data.block_size
+
+
+@contextmanager
+def eval_mode(model):
+    """The model in eval mode (no dropout) for the block, then back to the mode it was in: the one switch for
+    training-time samples, answer scoring and loss measurement."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        if was_training:
+            model.train()

@@ -15,6 +15,8 @@ import math
 import random
 from dataclasses import dataclass
 
+from tinyllm.errors import ConfigError
+
 __all__ = ["ANIMALS", "generate_corpus", "corpus_entropy", "generate_qa", "BuiltinDoc", "GENERATOR_VERSION"]
 
 GENERATOR_VERSION = 2  # bump when the grammar changes: it is part of the cache fingerprint
@@ -156,8 +158,6 @@ def generate_corpus(num_documents: int = 20000, seed: int = 0, languages: str = 
     langs = [x.strip() for x in languages.split(",") if x.strip()]
     bad = [x for x in langs if x not in ("en", "zh")]
     if bad or not langs:
-        from tinyllm.errors import ConfigError
-
         raise ConfigError(f"builtin_languages must be 'en', 'zh' or 'en,zh', got '{languages}'")
     rng = random.Random(seed)
     docs = []

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from tinyllm.data.builtin import generate_corpus
 from tinyllm.errors import DataError, first_line, suggest
 
 __all__ = ["NAMED_CORPORA", "CorpusFile", "iter_documents", "read_text_file", "read_records", "file_documents",
@@ -125,7 +126,7 @@ def download(file: CorpusFile, cache_dir: str | None = None) -> Path:
         raise DataError(
             f"could not download {url} ({reason}); are you offline? Download it elsewhere and pass the local "
             f"file instead: --dataset_name /path/to/{Path(file.path).name}"
-        ) from None
+        ) from exc
     digest = _sha256(tmp)
     if digest != file.sha256:
         tmp.unlink(missing_ok=True)
@@ -147,7 +148,7 @@ def read_text_file(path: str | Path) -> str:
         raise DataError(
             f"{path} is not valid UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start}; "
             f"convert it first, e.g. iconv -f GBK -t UTF-8 {path.name} > fixed.txt (or -f latin1, cp1252, ...)"
-        ) from None
+        ) from exc
     return text.removeprefix("\ufeff")
 
 
@@ -163,18 +164,26 @@ def _txt_documents(path: Path) -> Iterator[str]:
         yield text
 
 
+def text_column_of(columns: Iterable[str], text_column: str | None, where: str) -> str | None:
+    """The one rule for which column (or JSON field) holds the text: `--text_column` when given (an error naming
+    the columns when it is missing), else the first of TEXT_FIELDS present; None when none is."""
+    columns = list(columns)
+    if text_column:
+        if text_column not in columns:
+            raise DataError(f"{where}: no column '{text_column}'{suggest(text_column, columns)}; columns: "
+                            f"{', '.join(columns)}")
+        return text_column
+    return next((key for key in TEXT_FIELDS if key in columns), None)
+
+
 def _record_text(rec: dict, text_column: str | None, where: str) -> str | None:
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected a JSON object per record, got {type(rec).__name__}")
-    if text_column:
-        if text_column not in rec:
-            raise DataError(f"{where}: no field '{text_column}'{suggest(text_column, rec)}; fields are: "
-                            f"{', '.join(rec)}")
-        value = rec[text_column]
+    strings = rec if text_column else [k for k, v in rec.items() if isinstance(v, str)]
+    column = text_column_of(strings, text_column, where)
+    if column is not None:
+        value = rec[column]
         return "\n".join(value) if isinstance(value, list) else (None if value is None else str(value))
-    for key in TEXT_FIELDS:
-        if isinstance(rec.get(key), str):
-            return rec[key]
     if isinstance(rec.get("paragraphs"), list):  # chinese-poetry layout: title, author, lines
         title = rec.get("title") or rec.get("rhythmic") or ""
         head = [x for x in (title, rec.get("author") or "") if x]
@@ -194,7 +203,7 @@ def read_records(path: Path) -> Iterator[tuple[str, dict]]:
         try:
             rows = pq.read_table(path).to_pylist()
         except Exception as exc:  # pyarrow raises several types for corrupt files
-            raise DataError(f"{path}: cannot read parquet ({first_line(exc)}); check the file") from None
+            raise DataError(f"{path}: cannot read parquet ({first_line(exc)}); check the file") from exc
         yield from ((f"{path} row {i}", r) for i, r in enumerate(rows))
         return
     text = read_text_file(path)
@@ -203,7 +212,7 @@ def read_records(path: Path) -> Iterator[tuple[str, dict]]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             if text.lstrip().startswith("["):
-                raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg}); fix the file") from None
+                raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg}); fix the file") from exc
             data = None  # not one JSON document: read it as JSON lines
         if data is not None:
             records = data if isinstance(data, list) else [data]
@@ -215,7 +224,7 @@ def read_records(path: Path) -> Iterator[tuple[str, dict]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}); fix or remove that line") from None
+            raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}); fix or remove that line") from exc
         yield f"{path}:{lineno}", record
 
 
@@ -318,21 +327,16 @@ def load_hf_split(dataset_name: str, config_name: str | None, split: str, stream
             f"could not load Hugging Face dataset '{dataset_name}' (split '{split}'): {first_line(exc)}. "
             f"If you are offline, "
             f"save it elsewhere (e.g. to jsonl/parquet) and pass the local path as --dataset_name"
-        ) from None
+        ) from exc
 
 
 def hf_text_column(columns: Iterable[str], text_column: str | None, dataset_name: str) -> str:
     columns = list(columns)
-    if text_column:
-        if text_column not in columns:
-            raise DataError(f"dataset '{dataset_name}' has no column '{text_column}'{suggest(text_column, columns)}; "
-                            f"columns: {', '.join(columns)}")
-        return text_column
-    for key in TEXT_FIELDS:
-        if key in columns:
-            return key
-    raise DataError(f"dataset '{dataset_name}': no text column found; pass --text_column with one of: "
-                    f"{', '.join(columns)}")
+    column = text_column_of(columns, text_column, f"dataset '{dataset_name}'")
+    if column is None:
+        raise DataError(f"dataset '{dataset_name}': no text column found; pass --text_column with one of: "
+                        f"{', '.join(columns)}")
+    return column
 
 
 def iter_documents(dataset_name: str, dataset_config_name: str | None = None, split: str = "train",
@@ -341,8 +345,6 @@ def iter_documents(dataset_name: str, dataset_config_name: str | None = None, sp
     """Yield the documents of a corpus as strings (non-empty)."""
     kind, files = resolve_corpus(dataset_name, cache_dir)
     if kind == "builtin":
-        from tinyllm.data.builtin import generate_corpus
-
         for doc in generate_corpus(builtin_num_documents, seed, builtin_languages):
             yield doc.text
     elif kind == "files":

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinyllm.config import DataArguments
+from tinyllm.data.builtin import GENERATOR_VERSION
 from tinyllm.data.corpora import (
     hf_text_column,
     iter_documents,
@@ -20,6 +21,7 @@ from tinyllm.data.corpora import (
     split_documents,
     validation_count,
 )
+from tinyllm.data.tokenizer import check_unknown_rate
 from tinyllm.errors import DataError
 
 __all__ = ["LMData", "ValidationSet", "build_lm_datasets", "build_validation_set", "documents_dataset"]
@@ -56,7 +58,6 @@ def documents_dataset(data: DataArguments, seed: int, streaming: bool = False, s
         column = hf_text_column(ds.column_names or [], data.text_column, data.dataset_name)
         ds = ds.select_columns([column])
         return ds.rename_column(column, "text") if column != "text" else ds
-    from tinyllm.data.builtin import GENERATOR_VERSION
 
     gen_kwargs = dict(dataset_name=data.dataset_name, text_column=data.text_column, cache_dir=data.cache_dir, seed=seed,
                       n=data.builtin_num_documents, languages=data.builtin_languages, version=GENERATOR_VERSION,
@@ -139,7 +140,6 @@ def build_lm_datasets(data: DataArguments, tokenizer, seed: int = 0) -> LMData:
         train_docs, val_docs = _split(docs, data)
     tok_train, train = _pack(train_docs, tokenizer, data.block_size, num_proc, "train", streaming=False)
     n_tokens = sum(len(x) for x in tok_train["input_ids"])
-    from tinyllm.data.tokenizer import check_unknown_rate
 
     check_unknown_rate(tokenizer, tok_train["input_ids"], f"the training corpus {data.dataset_name}")
     if len(train) == 0:

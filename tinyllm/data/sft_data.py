@@ -10,10 +10,16 @@ Accepted layouts (one per row, auto-detected):
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from tinyllm.config import DataArguments, SFTArguments
+from tinyllm.data.builtin import generate_qa
+from tinyllm.data.corpora import load_hf_split, read_records
+from tinyllm.data.tokenizer import check_unknown_rate
 from tinyllm.errors import DataError
+from tinyllm.inference.chat import encode_for_training
 
 __all__ = ["LAYOUTS", "row_to_messages", "load_qa_rows", "tokenize_conversation", "build_sft_datasets",
            "SFTCollator", "SFTData"]
@@ -60,8 +66,6 @@ def row_to_messages(row: dict, where: str, system_prompt: str | None = None) -> 
 def load_qa_rows(dataset_name: str, split: str, config_name: str | None = None, cache_dir: str | None = None):
     """[(where, row)] for builtin_qa, a local json/jsonl/parquet file (or folder), or an HF dataset split."""
     if dataset_name == "builtin_qa":
-        from tinyllm.data.builtin import generate_qa
-
         key = "test" if split in ("test", "validation") else "train"
         return [(f"builtin_qa[{i}]", r) for i, r in enumerate(generate_qa()[key])]
     path = Path(dataset_name).expanduser()
@@ -70,16 +74,12 @@ def load_qa_rows(dataset_name: str, split: str, config_name: str | None = None, 
                                                      if p.suffix.lower() in (".json", ".jsonl", ".parquet"))
         if not files:
             raise DataError(f"{path}: no .json/.jsonl/.parquet files found")
-        from tinyllm.data.corpora import read_records
-
         rows = [r for f in files for r in read_records(f)]
         if not rows:
             raise DataError(f"{dataset_name} has no rows; accepted layouts: {LAYOUTS}")
         return rows
     if dataset_name.endswith((".json", ".jsonl", ".parquet")) or dataset_name.startswith((".", "/")):
         raise DataError(f"SFT data not found: {dataset_name}; check the path")
-    from tinyllm.data.corpora import load_hf_split
-
     ds = load_hf_split(dataset_name, config_name, split, cache_dir=cache_dir)
     return [(f"{dataset_name}[{split}][{i}]", r) for i, r in enumerate(ds)]
 
@@ -87,8 +87,6 @@ def load_qa_rows(dataset_name: str, split: str, config_name: str | None = None, 
 def tokenize_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
     """input_ids and labels: labels are the assistant answers and their end-of-turn token, -100 elsewhere;
     content is tokenized as plain text (tinyllm.inference.chat)."""
-    from tinyllm.inference.chat import encode_for_training
-
     return encode_for_training(tokenizer, messages)
 
 
@@ -120,9 +118,8 @@ def _encode(rows, tokenizer, max_len: int, truncation: str, system_prompt: str |
     return examples, convs, dropped, truncated
 
 
-def build_sft_datasets(data, tokenizer, seed: int = 0) -> SFTData:
-    import random
-
+def build_sft_datasets(data: DataArguments, sft: SFTArguments, tokenizer, seed: int = 0) -> SFTData:
+    """Training and held-out examples (held out: the split named, else a seeded share of the rows)."""
     import datasets
 
     rows = load_qa_rows(data.dataset_name, data.dataset_split, data.dataset_config_name, data.cache_dir)
@@ -136,20 +133,18 @@ def build_sft_datasets(data, tokenizer, seed: int = 0) -> SFTData:
         n_val = max(1, round(len(rows) * data.validation_split_percentage / 100)) if len(rows) > 1 else 0
         val_rows = [rows[i] for i in order[:n_val]]
         train_rows = [rows[i] for i in order[n_val:]]
-    if data.max_examples:
-        train_rows = train_rows[: data.max_examples]
-    from tinyllm.data.tokenizer import check_unknown_rate
-
-    train, _, dropped, truncated = _encode(train_rows, tokenizer, data.max_seq_length, data.truncation,
-                                           data.system_prompt)
-    val, val_convs, vdropped, vtruncated = _encode(val_rows, tokenizer, data.max_seq_length, data.truncation,
-                                                   data.system_prompt)
+    if sft.max_examples:
+        train_rows = train_rows[: sft.max_examples]
+    train, _, dropped, truncated = _encode(train_rows, tokenizer, sft.max_seq_length, sft.truncation,
+                                           sft.system_prompt)
+    val, val_convs, vdropped, vtruncated = _encode(val_rows, tokenizer, sft.max_seq_length, sft.truncation,
+                                                   sft.system_prompt)
     if dropped or truncated:
         logger.warning("%d training examples longer than max_seq_length=%d were %s", dropped + truncated,
-                       data.max_seq_length, "dropped" if data.truncation == "drop" else "truncated")
+                       sft.max_seq_length, "dropped" if sft.truncation == "drop" else "truncated")
     if not train:
         raise DataError(f"no usable training examples in {data.dataset_name} (all {len(train_rows)} rows were longer "
-                        f"than max_seq_length={data.max_seq_length}); raise --max_seq_length or use --truncation "
+                        f"than max_seq_length={sft.max_seq_length}); raise --max_seq_length or use --truncation "
                         f"truncate")
     check_unknown_rate(tokenizer, [e["input_ids"] for e in train], f"the SFT data {data.dataset_name}")
     stats = {"train_examples": len(train), "eval_examples": len(val), "dropped_too_long": dropped + vdropped,

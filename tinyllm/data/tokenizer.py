@@ -16,10 +16,16 @@ The saved folder is a plain `PreTrainedTokenizerFast` (tokenizer.json + tokenize
 from __future__ import annotations
 
 import logging
+import time
 import unicodedata
 
+from tinyllm.config import DataArguments, TokenizerArguments
+from tinyllm.data.corpora import iter_documents, split_documents
+from tinyllm.errors import ConfigError, DataError
+
 __all__ = ["BOS", "EOS", "PAD", "UNK", "IM_START", "IM_END", "CHAT_TEMPLATE", "SPLIT_PATTERN",
-           "train_tokenizer", "wrap_tokenizer", "check_chat_tokens", "check_unknown_rate", "is_cjk", "count_alphabet"]
+           "train_tokenizer", "wrap_tokenizer", "check_unknown_rate", "is_cjk", "count_alphabet", "language_of",
+           "load_corpus_documents", "tokenizer_report", "build_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +100,6 @@ def train_tokenizer(docs: list[str], tokenizer_type: str = "bpe", vocab_size: in
     and the tokenizer encodes with `encode_pattern` (both parameters exist for benchmarks comparing the choice)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from tinyllm.errors import ConfigError, DataError
 
     if not docs:
         raise DataError("the corpus is empty: no non-blank documents to train the tokenizer on; check the data")
@@ -148,19 +153,6 @@ def wrap_tokenizer(tok, tokenizer_type: str):
     )
 
 
-def check_chat_tokens(tokenizer, where: str) -> None:
-    """SFT needs the chat tokens and template that tinyllm reserves; say how to get them if missing."""
-    from tinyllm.errors import ConfigError
-
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in (IM_START, IM_END) if t not in vocab]
-    if missing:
-        raise ConfigError(f"the tokenizer in {where} has no chat tokens ({', '.join(missing)}); pretrain with a "
-                          f"tokenizer trained by tinyllm (tokenizer_training/train_tokenizer.py), which reserves them")
-    if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError(f"the tokenizer in {where} has no chat template; retrain it with tinyllm or add one")
-
-
 def check_unknown_rate(tokenizer, id_lists, where: str, limit: float = 0.01) -> float:
     """Share of tokens that are <|unk|> (char tokenizers map unseen characters to it); warn above `limit` (1%),
     e.g. a poetry-trained char tokenizer used on modern Chinese. Returns the rate (0.0 for BPE, which has none)."""
@@ -176,3 +168,74 @@ def check_unknown_rate(tokenizer, id_lists, where: str, limit: float = 0.01) -> 
         logger.warning("%.1f%% of the tokens of %s are %s: characters the char tokenizer never saw (they are lost). "
                        "Train the tokenizer on this text too, or use --tokenizer_type bpe", 100 * rate, where, UNK)
     return rate
+
+
+# ---------------------------------------------------------------- training on a corpus
+
+def load_corpus_documents(data: DataArguments, seed: int = 0, limit: int | None = None) -> list[str]:
+    """All documents of the configured corpus, in order (at most `limit` / `max_documents`)."""
+    docs = []
+    limit = limit or data.max_documents
+    for doc in iter_documents(data.dataset_name, data.dataset_config_name, data.dataset_split, data.text_column,
+                              data.cache_dir, data.builtin_num_documents, data.builtin_languages, seed):
+        docs.append(doc)
+        if limit and len(docs) >= limit:
+            break
+    if not docs:
+        raise DataError(f"corpus '{data.dataset_name}' is empty: no non-blank documents found; check the data")
+    return docs
+
+
+def language_of(text: str) -> str:
+    """'zh' when most letters are CJK, else 'en' (good enough to split a report by language)."""
+    letters = [c for c in text[:2000] if c.isalpha()]
+    if not letters:
+        return "other"
+    cjk = sum(1 for c in letters if is_cjk(c))
+    return "zh" if cjk > len(letters) / 2 else "en"
+
+
+def tokenizer_report(tokenizer, heldout: list[str], train_seconds: float, tokenizer_type: str,
+                     dataset_name: str) -> dict:
+    """Compression on held-out text: characters and UTF-8 bytes per token, overall and per language."""
+    groups: dict[str, list[str]] = {}
+    for doc in heldout:
+        groups.setdefault(language_of(doc), []).append(doc)
+
+    def stats(docs: list[str]) -> dict:
+        ntok = sum(len(ids) for ids in tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"])
+        nchar = sum(len(d) for d in docs)
+        nbyte = sum(len(d.encode("utf-8")) for d in docs)
+        return {"documents": len(docs), "tokens": ntok, "characters": nchar, "bytes": nbyte,
+                "chars_per_token": round(nchar / max(ntok, 1), 3), "bytes_per_token": round(nbyte / max(ntok, 1), 3)}
+
+
+    pre = ("one token per character" if tokenizer_type == "char" else
+           f"{PRE_TOKENIZER_NAME}: Llama 3's split (GPT-4 style), chosen because llama.cpp implements it exactly "
+           f"(GGUF tokenizer.ggml.pre = llama-bpe), so exported models tokenize as they do here; merges were "
+           f"learned on Chinese pieces of at most 2 characters, so the vocabulary holds words, not phrases")
+    report = {"tokenizer_type": tokenizer_type, "pre_tokenizer": pre, "vocab_size": len(tokenizer),
+              "dataset_name": dataset_name,
+              "train_seconds": round(train_seconds, 2), "heldout": stats(heldout) if heldout else None,
+              "per_language": {k: stats(v) for k, v in sorted(groups.items())} if len(groups) > 1 else {}}
+    return report
+
+
+def build_tokenizer(data: DataArguments, tok_args: TokenizerArguments, seed: int = 0, docs: list[str] | None = None):
+    """Train a tokenizer on the corpus; return (tokenizer, report). Holds out the validation slice."""
+    if docs is None:
+        docs = load_corpus_documents(data, seed, limit=tok_args.tokenizer_max_documents or data.max_documents)
+    pct = data.validation_split_percentage
+    train_docs, heldout = split_documents(docs, 5.0 if pct is None else pct)  # an explicit 0 holds nothing out
+    if tok_args.tokenizer_max_documents:
+        train_docs = train_docs[: tok_args.tokenizer_max_documents]
+    if tok_args.tokenizer_type == "char":
+        # Char mode's vocabulary must cover the held-out text too, as nanoGPT's shakespeare_char builds it
+        # from the whole file; BPE never needs this since it falls back to bytes.
+        train_docs = train_docs + heldout
+    start = time.perf_counter()
+    tokenizer = train_tokenizer(train_docs, tok_args.tokenizer_type, tok_args.vocab_size, tok_args.min_frequency)
+    seconds = time.perf_counter() - start
+    report = tokenizer_report(tokenizer, heldout, seconds, tok_args.tokenizer_type, data.dataset_name)
+    logger.info("trained a %s tokenizer with %d tokens in %.1f s", tok_args.tokenizer_type, len(tokenizer), seconds)
+    return tokenizer, report

@@ -12,8 +12,10 @@ ChatML, `</s>` in Zephyr/TinyLlama, `<|eot_id|>` in Llama 3).
 
 from __future__ import annotations
 
+from tinyllm.errors import ConfigError, first_line
+
 __all__ = ["encode_chat", "encode_for_training", "end_of_turn_token", "fit_conversation", "has_chat_template",
-           "is_chat_model"]
+           "is_chat_model", "token_ids", "chat_eos_ids", "history_budget"]
 
 _MARK = "\ue000{}\ue001"  # private-use characters: never part of real content, survive every template filter
 
@@ -23,14 +25,12 @@ def has_chat_template(tokenizer) -> bool:
 
 
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> tuple[str, list[str]]:
-    from tinyllm.errors import ConfigError, first_line
-
     marks = [_MARK.format(i) for i in range(len(messages))]
     placeholder = [{**m, "content": mark} for m, mark in zip(messages, marks)]
     try:
         text = tokenizer.apply_chat_template(placeholder, tokenize=False, add_generation_prompt=add_generation_prompt)
     except Exception as exc:  # jinja raises TemplateError and friends (e.g. "roles must alternate")
-        raise ConfigError(f"the chat template cannot render this conversation: {first_line(exc)}") from None
+        raise ConfigError(f"the chat template cannot render this conversation: {first_line(exc)}") from exc
     return text, marks
 
 
@@ -97,6 +97,13 @@ def end_of_turn_token(tokenizer) -> str | None:
     return tokenizer.eos_token
 
 
+def history_budget(context: int, max_new_tokens: int) -> int:
+    """Prompt tokens a conversation may keep: the context less the answer's tokens, but never under half the
+    context (a huge max_new_tokens must not leave no room for the question). The rule of `tinyllm chat` and of
+    the server."""
+    return max(context - max_new_tokens, context // 2)
+
+
 def fit_conversation(tokenizer, messages: list[dict], budget: int) -> tuple[list[dict], int, list[int]]:
     """Drop the oldest turns until the prompt fits in `budget` tokens, keeping the system message and the last
     user turn. Returns (messages kept, turns dropped, prompt ids). If even that does not fit, the prompt's ids are
@@ -124,7 +131,19 @@ def is_chat_model(model, tokenizer) -> bool:
     (tinyllm's base models carry the template in their tokenizer too, but stop only at eos.)"""
     if not has_chat_template(tokenizer):
         return False
-    from tinyllm.inference.generation import token_ids
-
     eot = end_of_turn_token(tokenizer)
     return eot is not None and tokenizer.convert_tokens_to_ids(eot) in token_ids(model.generation_config.eos_token_id)
+
+
+def token_ids(value) -> list[int]:
+    """An eos setting (one id, a list of ids, or None) as a list of ids."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [v for v in values if v is not None]
+
+
+def chat_eos_ids(tokenizer, model) -> list[int]:
+    """Stop at the template's end-of-turn token and at eos."""
+    eot = end_of_turn_token(tokenizer)
+    ids = [tokenizer.convert_tokens_to_ids(eot)] if eot else []
+    ids += token_ids(model.generation_config.eos_token_id)
+    return [i for i in dict.fromkeys(ids) if i is not None]

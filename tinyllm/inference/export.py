@@ -25,7 +25,11 @@ import json
 import logging
 from pathlib import Path
 
-from tinyllm.errors import ConfigError
+from tinyllm.data.tokenizer import LEGACY_SPLIT_PATTERN, SPLIT_PATTERN
+from tinyllm.errors import ConfigError, suggest
+from tinyllm.inference.chat import token_ids
+from tinyllm.io import atomic_file
+from tinyllm.model_io import check_model_folder
 
 __all__ = ["OUTTYPES", "gguf_pre_tokenizer", "export_gguf", "write_modelfile", "run_export"]
 
@@ -37,8 +41,6 @@ GPT2_BYTELEVEL = "gpt2 byte-level"
 
 def gguf_pre_tokenizer(tokenizer_json: dict, where: str) -> str:
     """The llama.cpp pre-tokenizer (tokenizer.ggml.pre) that splits text exactly as this tokenizer does."""
-    from tinyllm.data.tokenizer import LEGACY_SPLIT_PATTERN, SPLIT_PATTERN
-
     model = tokenizer_json.get("model") or {}
     if model.get("type") != "BPE":
         kind = "char-level" if model.get("type") == "WordLevel" else f"a {model.get('type')} model"
@@ -99,44 +101,32 @@ def _rotary_to_interleaved(w, n_heads: int):
     return w.reshape(n_heads, d, cols)[:, order, :].reshape(rows, cols)
 
 
-def _llama_tensors(sd: dict, cfg: dict):
-    n_head = cfg["num_attention_heads"]
+def _tensors(sd: dict, cfg: dict, arch: str):
+    """(GGUF name, array) for every weight, named by gguf-py's own table for the architecture (TensorNameMap, the
+    one llama.cpp's converter uses), with the two layout changes llama.cpp needs: Llama's q/k rows reordered for
+    its rotary layout, GPT-2's Conv1D weights (in, out) transposed to (out, in). A tied output head is not
+    written (llama.cpp reuses the token embeddings)."""
+    from gguf import MODEL_ARCH, get_tensor_name_map
+
+    names = get_tensor_name_map(MODEL_ARCH.LLAMA if arch == "llama" else MODEL_ARCH.GPT2, cfg.get(
+        "num_hidden_layers") or cfg["n_layer"])
+    tied = cfg.get("tie_word_embeddings", True)
+    n_head = cfg.get("num_attention_heads") or cfg.get("n_head")
     n_kv = cfg.get("num_key_value_heads") or n_head
-    yield "token_embd.weight", sd["model.embed_tokens.weight"]
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        yield f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"]
-        yield f"blk.{i}.attn_q.weight", _rotary_to_interleaved(sd[p + "self_attn.q_proj.weight"], n_head)
-        yield f"blk.{i}.attn_k.weight", _rotary_to_interleaved(sd[p + "self_attn.k_proj.weight"], n_kv)
-        yield f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"]
-        yield f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"]
-        yield f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"]
-        yield f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"]
-        yield f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"]
-        yield f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"]
-    yield "output_norm.weight", sd["model.norm.weight"]
-    if "lm_head.weight" in sd and not cfg.get("tie_word_embeddings", True):
-        yield "output.weight", sd["lm_head.weight"]
-
-
-def _gpt2_tensors(sd: dict, cfg: dict):
-    # GPT-2's Conv1D stores weights as (in, out); GGUF wants linear layers as (out, in)
-    pre = "transformer." if "transformer.wte.weight" in sd else ""
-    yield "token_embd.weight", sd[pre + "wte.weight"]
-    yield "position_embd.weight", sd[pre + "wpe.weight"]
-    for i in range(cfg["n_layer"]):
-        p = f"{pre}h.{i}."
-        for ours, theirs in (("attn_norm", "ln_1"), ("ffn_norm", "ln_2")):
-            yield f"blk.{i}.{ours}.weight", sd[p + theirs + ".weight"]
-            yield f"blk.{i}.{ours}.bias", sd[p + theirs + ".bias"]
-        for ours, theirs in (("attn_qkv", "attn.c_attn"), ("attn_output", "attn.c_proj"), ("ffn_up", "mlp.c_fc"),
-                             ("ffn_down", "mlp.c_proj")):
-            yield f"blk.{i}.{ours}.weight", sd[p + theirs + ".weight"].T
-            yield f"blk.{i}.{ours}.bias", sd[p + theirs + ".bias"]
-    yield "output_norm.weight", sd[pre + "ln_f.weight"]
-    yield "output_norm.bias", sd[pre + "ln_f.bias"]
-    if "lm_head.weight" in sd and not cfg.get("tie_word_embeddings", True):
-        yield "output.weight", sd["lm_head.weight"]
+    for key, w in sd.items():
+        if key == "lm_head.weight" and tied:
+            continue
+        hf = "transformer." + key if arch == "gpt2" and not key.startswith(("transformer.", "lm_head")) else key
+        name = names.get_name(hf, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise ConfigError(f"tensor '{key}' has no GGUF name for {arch}; this checkpoint is not a plain "
+                              f"{arch} model")
+        if arch == "llama" and key.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
+            w = _rotary_to_interleaved(w, n_head if "q_proj" in key else n_kv)
+        elif arch == "gpt2" and w.ndim == 2 and key.endswith(("attn.c_attn.weight", "attn.c_proj.weight",
+                                                             "mlp.c_fc.weight", "mlp.c_proj.weight")):
+            w = w.T
+        yield name, w
 
 
 def _convert(name: str, w, outtype: str):
@@ -194,7 +184,6 @@ def _write_tokenizer(w, tokenizer, tokenizer_json: dict, pre: str, n_rows: int, 
     w.add_add_bos_token(tokenizer.bos_token_id is not None
                         and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id])
     w.add_add_eos_token(False)
-    from tinyllm.inference.generation import token_ids
 
     eot = next((i for i in token_ids(gen.get("eos_token_id")) if i != tokenizer.eos_token_id), None)
     if eot is not None:  # a chat model: its end-of-turn token ends generation in llama.cpp too
@@ -209,8 +198,6 @@ def export_gguf(model_dir: str, out_path: Path, outtype: str = "f16") -> dict:
     import gguf
     from safetensors.numpy import load_file
     from transformers import AutoTokenizer
-
-    from tinyllm.model_io import check_model_folder
 
     cfg = check_model_folder(model_dir)
     arch_name = (cfg.get("architectures") or ["?"])[0]
@@ -228,7 +215,7 @@ def export_gguf(model_dir: str, out_path: Path, outtype: str = "f16") -> dict:
     for f in sorted(Path(model_dir).glob("*.safetensors")):
         sd.update(load_file(str(f)))
     arch = ARCHS[arch_name]
-    tensors = list(_llama_tensors(sd, cfg) if arch == "llama" else _gpt2_tensors(sd, cfg))
+    tensors = list(_tensors(sd, cfg, arch))
     n_rows = dict(tensors)["token_embd.weight"].shape[0]
 
     w = gguf.GGUFWriter(str(out_path), arch)
@@ -245,22 +232,44 @@ def export_gguf(model_dir: str, out_path: Path, outtype: str = "f16") -> dict:
     w.write_kv_data_to_file()
     w.write_tensors_to_file(progress=False)
     w.close()
+    chat = eot is not None and bool(getattr(tokenizer, "chat_template", None))
     return {"arch": arch, "pre": pre, "tensors": len(tensors), "vocab_rows": n_rows, "eot": eot, "generation": gen,
-            "chat": eot is not None and bool(getattr(tokenizer, "chat_template", None))}
+            "chat": chat, "chatml": chat and _renders_chatml(tokenizer),
+            "context": cfg.get("max_position_embeddings") or cfg.get("n_positions")}
+
+
+def _renders_chatml(tokenizer) -> bool:
+    """Whether the model's chat template is ChatML (tinyllm's own, Qwen's, SmolLM's): rendered on a sample
+    conversation, it gives ChatML's text, with or without a bos in front."""
+    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+    try:
+        text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    except Exception:  # noqa: BLE001 (jinja raises many types; any failure means "not ChatML")
+        return False
+    chatml = "<|im_start|>system\ns<|im_end|>\n<|im_start|>user\nu<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n"
+    return text.removeprefix(tokenizer.bos_token or "") == chatml
 
 
 def write_modelfile(gguf_path: Path, info: dict, tokenizer_specials: dict) -> str:
-    """An Ollama Modelfile: FROM the GGUF, the ChatML TEMPLATE (chat models) or the plain prompt (base models),
-    stop strings and the sampling defaults from generation_config.json."""
+    """An Ollama Modelfile: FROM the GGUF, the context the model was trained for (num_ctx: Ollama's default is far
+    longer, and a small model past its positions produces noise), the ChatML TEMPLATE for ChatML chat models, the
+    plain prompt for base models, stop strings and the sampling defaults from generation_config.json. A chat model
+    with another template gets no TEMPLATE line: Ollama takes the template from the GGUF's tokenizer.chat_template
+    (a hand-written ChatML one would be wrong for it)."""
     gen = info["generation"]
     lines = [f"# Ollama Modelfile written by tinyllm export. ollama create NAME -f {gguf_path.stem}.Modelfile",
              f"FROM ./{gguf_path.name}", ""]
-    if info["chat"]:
+    if info["chat"] and not info.get("chatml"):
+        lines += ["# TEMPLATE: this model's chat template is not ChatML; Ollama reads it from the GGUF "
+                  "(tokenizer.chat_template)"]
+    elif info["chat"]:
         lines += ['TEMPLATE """{{- if .System }}<|im_start|>system', "{{ .System }}<|im_end|>",
                   "{{ end }}{{- range .Messages }}<|im_start|>{{ .Role }}", "{{ .Content }}<|im_end|>",
                   '{{ end }}<|im_start|>assistant', '"""']
     else:
         lines += ['TEMPLATE """{{ .Prompt }}"""']
+    if info.get("context"):
+        lines.append(f"PARAMETER num_ctx {info['context']}")
     for stop in tokenizer_specials.get("stops", []):
         lines.append(f'PARAMETER stop "{stop}"')
     for key, ours in (("temperature", "temperature"), ("top_k", "top_k"), ("top_p", "top_p"),
@@ -273,14 +282,9 @@ def write_modelfile(gguf_path: Path, info: dict, tokenizer_specials: dict) -> st
 def run_export(args) -> Path:
     from transformers import AutoTokenizer
 
-    from tinyllm.io import atomic_file
-    from tinyllm.model_io import check_model_folder
-
     if args.format != "gguf":
         raise ConfigError(f"unknown --format '{args.format}'; the only format is gguf")
     if args.outtype not in OUTTYPES:
-        from tinyllm.errors import suggest
-
         raise ConfigError(f"unknown --outtype '{args.outtype}'{suggest(args.outtype, OUTTYPES)}; use one of "
                           f"{', '.join(OUTTYPES)}")
     check_model_folder(args.model)

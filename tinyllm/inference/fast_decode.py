@@ -98,6 +98,8 @@ _ATTR = "_tinyllm_compiled_decoder"  # on the model itself: freed with it
 def enable_compiled_decoding(model, max_len: int) -> bool:
     """Route this model's batch-1 decoding through a CompiledDecoder (static cache of `max_len` positions).
     Returns False, and changes nothing, for a model whose transformers class cannot be compiled this way."""
+    # transformers has no public "can this model compile with a static cache" query; generate() itself decides
+    # with this class attribute (PreTrainedModel._can_compile_fullgraph), so it is read here, and only here.
     if not getattr(model, "_can_compile_fullgraph", False) or getattr(model.config, "is_encoder_decoder", False):
         return False
     object.__setattr__(model, _ATTR, CompiledDecoder(model, max_len))  # not a submodule, not in the state dict
@@ -117,9 +119,10 @@ def _compiled_for(model, needed: int) -> CompiledDecoder | None:
     return dec if dec is not None and needed <= dec.max_len else None
 
 
-def fast_decode(model, window, steps: int, setup, eos: set, on_token=None) -> list[int] | None:
+def fast_decode(model, window, steps: int, setup, eos: set, on_token=None, should_stop=None) -> list[int] | None:
     """Decode up to `steps` tokens after `window` (shape 1 x n) with a KV cache, with the processors of
-    `fast_processors` (computed once per generation, not per window); None if unsupported."""
+    `fast_processors` (computed once per generation, not per window); None if unsupported. Ends early at an eos
+    token or when `should_stop()` turns true after a token."""
     import torch
     from transformers import DynamicCache
 
@@ -147,7 +150,7 @@ def fast_decode(model, window, steps: int, setup, eos: set, on_token=None) -> li
         new.append(token)
         if on_token is not None:
             on_token(token)
-        if token in eos:
+        if token in eos or (should_stop is not None and should_stop()):
             break
         step_input = nxt
     return new

@@ -2,19 +2,22 @@
 
 One path: `generate_ids` encodes nothing and decodes nothing; it continues token ids with the model's sampling
 settings, slides its window beyond the model's context, and reports each new token to a callback. Common sampling
-settings at batch 1 take `tinyllm.inference.fast_decode` (same tokens as `generate()` for the same seed); anything else goes
-through transformers' `generate()`. Text is streamed UTF-8 safe: never half a Chinese character or emoji.
+settings at batch 1 take `tinyllm.inference.fast_decode` (same tokens as `generate()` for the same seed);
+anything else goes through transformers' `generate()`. Text is streamed UTF-8 safe: never half a Chinese
+character or emoji.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 
+from tinyllm.inference.chat import token_ids
+from tinyllm.inference.fast_decode import enable_compiled_decoding, fast_decode, fast_processors
+from tinyllm.model_io import context_length
+
 __all__ = ["drop_partial_char", "Utf8Streamer", "Generation", "generate_ids", "generate_text", "next_window",
-           "sampling_kwargs", "seed_everything", "generate_batch", "run_generate", "run_chat", "token_ids",
-           "compile_decoding"]
+           "sampling_kwargs", "seed_everything", "generate_batch", "compile_decoding", "model_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,47 +33,40 @@ class Utf8Streamer:
 
     Byte-level BPE can split one Chinese character (3 UTF-8 bytes) or an emoji (4) across tokens; decoding such a
     prefix gives U+FFFD. Text is held back until it decodes cleanly, then only the new complete part is written to
-    `out` (and returned by `push`). Also usable as a transformers streamer (`put`/`end`)."""
+    `out` (and returned by `push`). Fed by `generate_ids(on_token=streamer.push)`; the one transformers streamer
+    is `_TokenSink`, which only reports token ids."""
 
-    def __init__(self, tokenizer, out=None, skip_prompt: bool = True):
+    def __init__(self, tokenizer, out=None):
         self.tokenizer = tokenizer
         self.out = out
-        self._prompt_done = not skip_prompt
-        self.ids: list[int] = []
-        self.printed = 0
+        self.line: list[int] = []  # ids since the last completed line: decoding stays O(line), not O(text)
+        self.done = ""  # the text of the completed lines
+        self.printed = 0  # characters of the current line already handed out
         self.text = ""
 
     def push(self, token: int) -> str:
-        self.ids.append(int(token))
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        self.line.append(int(token))
+        text = self.tokenizer.decode(self.line, skip_special_tokens=True)
         stable = drop_partial_char(text)
         piece = stable[self.printed:] if len(stable) > self.printed else ""
         self.printed = max(self.printed, len(stable))
-        self.text = text
+        self.text = self.done + text
+        if text.endswith("\n"):  # a whole line (as transformers' TextStreamer): start the next one afresh
+            self.done, self.line, self.printed = self.text, [], 0
         if piece and self.out is not None:
             self.out.write(piece)
             self.out.flush()
         return piece
 
     def finish(self) -> str:
-        text = drop_partial_char(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+        text = drop_partial_char(self.tokenizer.decode(self.line, skip_special_tokens=True))
         piece = text[self.printed:]
-        self.printed, self.text = len(text), text
+        self.text = self.done + text
+        self.done, self.line, self.printed = self.text, [], 0
         if self.out is not None:
             self.out.write(piece + "\n")
             self.out.flush()
         return piece
-
-    # the transformers streamer interface
-    def put(self, value) -> None:
-        if not self._prompt_done:  # the first call carries the prompt
-            self._prompt_done = True
-            return
-        for t in value.reshape(-1).tolist():
-            self.push(t)
-
-    def end(self) -> None:
-        self.finish()
 
 
 @dataclass
@@ -86,22 +82,15 @@ def next_window(ids, remaining: int, ctx: int, generated: bool):
     return window, min(remaining, ctx - window.shape[1])
 
 
-def _context(model) -> int:
-    from tinyllm.model_io import context_length
-
+def model_context(model) -> int:
+    """The model's context window (unbounded when its config does not say)."""
     return context_length(model.config) or 10**9
-
-
-def token_ids(value) -> list[int]:
-    """An eos setting (one id, a list of ids, or None) as a list of ids."""
-    values = value if isinstance(value, (list, tuple)) else [value]
-    return [v for v in values if v is not None]
 
 
 def _decoding_setup(model, prompt_ids: list[int], eos):
     """What both generation loops start from: the context size, the prompt cropped to half of it when it does not
     fit, the ids that end a sequence (the argument, else the model's generation_config) and the pad id."""
-    ctx = _context(model)
+    ctx = model_context(model)
     start = prompt_ids[-(ctx // 2):] if len(prompt_ids) >= ctx else prompt_ids
     eos_set = set(token_ids(eos if eos is not None else model.generation_config.eos_token_id))
     pad = model.generation_config.pad_token_id
@@ -112,10 +101,10 @@ def generate_ids(model, prompt_ids: list[int], max_new_tokens: int = 100, eos: l
                  on_token=None, should_stop=None, **sampling) -> Generation:
     """Continue `prompt_ids`. Beyond the model's context it slides: each round keeps the last half context of
     tokens and generates up to half a context more (as nanoGPT's sample.py crops its context). `on_token(id)` is
-    called for each new token; `should_stop()` is checked between tokens (a client that went away)."""
+    called for each new token; `should_stop()` is checked after each token (a client that went away, a stop
+    string) and ends the generation there: in transformers' generate() through a StoppingCriteria."""
     import torch
-
-    from tinyllm.inference.fast_decode import fast_decode, fast_processors
+    from transformers import StoppingCriteriaList
 
     ctx, start, eos_set, pad = _decoding_setup(model, prompt_ids, eos)
     setup = fast_processors(model, sampling)
@@ -123,54 +112,56 @@ def generate_ids(model, prompt_ids: list[int], max_new_tokens: int = 100, eos: l
     ids = torch.tensor([start], device=device)
     new: list[int] = []
     remaining = max_new_tokens
-
-    def report(token: int) -> None:
-        if on_token is not None:
-            on_token(token)
-        if should_stop is not None and should_stop():
-            raise _Stopped
+    stopping = StoppingCriteriaList([_StopWhen(should_stop)] if should_stop is not None else [])
 
     # inference_mode (not just no_grad) skips autograd's version counters and views bookkeeping on every op: 12%
     # more tokens/s at batch 1 on the 0.8M char model on a 2-core CPU (520 -> 581), where per-op cost dominates.
     with torch.inference_mode():
-        try:
-            while remaining > 0:
-                window, step = next_window(ids, remaining, ctx, generated=bool(new))
-                chunk = fast_decode(model, window, step, setup, eos_set, report)
-                if chunk is None:
-                    out = model.generate(input_ids=window, attention_mask=torch.ones_like(window), max_new_tokens=step,
-                                         eos_token_id=list(eos_set), pad_token_id=pad if pad is not None else
-                                         next(iter(eos_set), None), streamer=_TokenSink(report), **sampling)
-                    chunk = out[0, window.shape[1]:].tolist()
-                    if pad is not None and pad not in eos_set:
-                        chunk = [t for t in chunk if t != pad]
-                new += chunk
-                ids = torch.cat([ids, torch.tensor([chunk], dtype=ids.dtype, device=device)], dim=1)
-                remaining -= len(chunk)
-                if len(chunk) < step or (chunk and chunk[-1] in eos_set):
-                    break
-        except _Stopped:
-            pass
+        while remaining > 0:
+            window, step = next_window(ids, remaining, ctx, generated=bool(new))
+            chunk = fast_decode(model, window, step, setup, eos_set, on_token, should_stop)
+            if chunk is None:
+                out = model.generate(input_ids=window, attention_mask=torch.ones_like(window), max_new_tokens=step,
+                                     eos_token_id=list(eos_set), pad_token_id=pad if pad is not None else
+                                     next(iter(eos_set), None), streamer=_TokenSink(on_token),
+                                     stopping_criteria=stopping, **sampling)
+                chunk = out[0, window.shape[1]:].tolist()
+                if pad is not None and pad not in eos_set:
+                    chunk = [t for t in chunk if t != pad]
+            new += chunk
+            ids = torch.cat([ids, torch.tensor([chunk], dtype=ids.dtype, device=device)], dim=1)
+            remaining -= len(chunk)
+            if len(chunk) < step or (chunk and chunk[-1] in eos_set) or (should_stop is not None and should_stop()):
+                break
     reason = "stop" if new and new[-1] in eos_set else "length"
     return Generation(new, reason)
 
 
-class _Stopped(Exception):
-    pass
+class _StopWhen:
+    """A transformers StoppingCriteria from a plain `should_stop()` callable (checked after each token)."""
+
+    def __init__(self, should_stop):
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), bool(self.should_stop()), dtype=torch.bool, device=input_ids.device)
 
 
 class _TokenSink:
-    """A generate() streamer that reports new tokens one by one (the first put() is the prompt)."""
+    """The generate() streamer: reports new tokens one by one to `on_token` (the first put() is the prompt)."""
 
-    def __init__(self, report):
-        self.report, self.first = report, True
+    def __init__(self, on_token):
+        self.on_token, self.first = on_token, True
 
     def put(self, value):
         if self.first:
             self.first = False
             return
-        for t in value.reshape(-1).tolist():
-            self.report(int(t))
+        if self.on_token is not None:
+            for t in value.reshape(-1).tolist():
+                self.on_token(int(t))
 
     def end(self):
         pass
@@ -200,23 +191,11 @@ def sampling_kwargs(args) -> dict:
     return kw
 
 
-def _load(args):
-    from tinyllm.device import detect_device
-    from tinyllm.model_io import load_model_folder
-
-    model, tokenizer = load_model_folder(args.model, device=args.device or detect_device())
-    if getattr(args, "compile", False):
-        compile_decoding(model)
-    return model.eval(), tokenizer
-
-
 def compile_decoding(model, warm_up: bool = False) -> bool:
-    """`--compile`: route batch-1 decoding through a compiled step (tinyllm.inference.fast_decode.CompiledDecoder) with a
-    static cache of the model's context (at most 1024 positions; longer windows decode eagerly). `warm_up`
-    compiles now rather than at the first token. Returns False, with a warning, where the model cannot be."""
-    from tinyllm.inference.fast_decode import enable_compiled_decoding
-
-    if not enable_compiled_decoding(model, min(_context(model), 1024)):
+    """`--compile`: route batch-1 decoding through a compiled step (fast_decode.CompiledDecoder) with a static
+    cache of the model's context (at most 1024 positions; longer windows decode eagerly). `warm_up` compiles now
+    rather than at the first token. Returns False, with a warning, where the model cannot be."""
+    if not enable_compiled_decoding(model, min(model_context(model), 1024)):
         logger.warning("--compile: %s cannot be compiled with a static cache; decoding eagerly",
                     type(model).__name__)
         return False
@@ -264,79 +243,3 @@ def generate_batch(model, prompt_ids: list[int], n: int, max_new_tokens: int, eo
         end = next((k for k, t in enumerate(row) if t in eos_set), None)
         results.append(row[:end] if end is not None else row)
     return results
-
-
-def run_generate(args) -> list[str]:
-    """One sample streams as it is generated; several are decoded together as one batch, then printed."""
-    model, tokenizer = _load(args)
-    seed_everything(args.seed)
-    if args.num_samples > 1:
-        kwargs = sampling_kwargs(args)
-        rows = generate_batch(model, tokenizer(args.prompt)["input_ids"], args.num_samples, args.max_new_tokens,
-                              **kwargs)
-        texts = [args.prompt + drop_partial_char(tokenizer.decode(r, skip_special_tokens=True)) for r in rows]
-        for i, text in enumerate(texts):
-            print(f"--- sample {i + 1}\n{text}")
-        return texts
-    sys.stdout.write(args.prompt)
-    streamer = Utf8Streamer(tokenizer, out=sys.stdout)
-    generate_text(model, tokenizer, args.prompt, streamer=streamer, max_new_tokens=args.max_new_tokens,
-                  **sampling_kwargs(args))
-    return [args.prompt + streamer.text]
-
-
-def chat_eos_ids(tokenizer, model) -> list[int]:
-    """Stop at the template's end-of-turn token and at eos."""
-    from tinyllm.inference.chat import end_of_turn_token
-
-    eot = end_of_turn_token(tokenizer)
-    ids = [tokenizer.convert_tokens_to_ids(eot)] if eot else []
-    ids += token_ids(model.generation_config.eos_token_id)
-    return [i for i in dict.fromkeys(ids) if i is not None]
-
-
-def run_chat(args, stdin=None) -> list[dict]:
-    """Interactive multi-turn chat. Commands: /reset clears the history, /exit (or Ctrl+D) quits. The oldest turns
-    are dropped when the conversation outgrows the model's context (the same rule as the server)."""
-    from tinyllm.errors import ConfigError
-    from tinyllm.inference.chat import fit_conversation, has_chat_template
-
-    model, tokenizer = _load(args)
-    if not has_chat_template(tokenizer):
-        raise ConfigError(f"{args.model} has no chat template: it is a base model; instruction-tune it first "
-                          f"(recipes/sft.py) or use tinyllm generate")
-    seed_everything(args.seed)
-    stdin = stdin or sys.stdin
-    eos = chat_eos_ids(tokenizer, model)
-    budget = max(_context(model) - args.max_new_tokens, _context(model) // 2)
-    messages: list[dict] = []
-    interactive = stdin.isatty()
-    if interactive:
-        print(f"Chatting with {args.model}. /reset clears the history, /exit quits.")
-    while True:
-        if interactive:
-            sys.stdout.write("you> ")
-            sys.stdout.flush()
-        line = stdin.readline()
-        if not line:
-            break
-        line = line.strip()
-        if not line:
-            continue
-        if line in ("/exit", "/quit"):
-            break
-        if line == "/reset":
-            messages = []
-            print("(history cleared)")
-            continue
-        messages.append({"role": "user", "content": line})
-        messages, dropped, prompt = fit_conversation(tokenizer, messages, budget)
-        if dropped:
-            print(f"(dropped the {dropped} oldest message(s) to fit the model's context of {_context(model)} tokens)")
-        sys.stdout.write("bot> ")
-        streamer = Utf8Streamer(tokenizer, out=sys.stdout)
-        generate_ids(model, prompt, min(args.max_new_tokens, _context(model) - len(prompt)), eos=eos,
-                     on_token=streamer.push, **sampling_kwargs(args))
-        streamer.finish()
-        messages.append({"role": "assistant", "content": streamer.text.strip()})
-    return messages

@@ -59,7 +59,7 @@ def parse_body(raw: bytes, served: str, limits: Limits) -> dict:
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"malformed JSON: {exc}", None, "invalid_json") from None
+        raise ApiError(400, f"malformed JSON: {exc}", None, "invalid_json") from exc
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", None, "invalid_json")
     model_name = body.get("model", served)

@@ -29,6 +29,10 @@ from pathlib import Path
 
 from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations from these globals
 
+from tinyllm.device import detect_device
+from tinyllm.errors import ConfigError
+from tinyllm.inference.chat import chat_eos_ids, fit_conversation, history_budget, is_chat_model, token_ids
+from tinyllm.inference.generation import Utf8Streamer, compile_decoding, generate_ids
 from tinyllm.inference.openai_api import (
     ApiError,
     Limits,
@@ -39,6 +43,7 @@ from tinyllm.inference.openai_api import (
     parse_prompt,
     parse_sampling,
 )
+from tinyllm.model_io import context_length, load_model_folder
 
 __all__ = ["StopText", "ModelWorker", "create_app", "run_serve"]
 
@@ -132,8 +137,6 @@ class ModelWorker:
     def _run(self, job: Job) -> None:
         import torch
 
-        from tinyllm.inference.generation import Utf8Streamer, generate_ids
-
         if job.seed is not None:
             torch.manual_seed(job.seed)
         streamer, stopper = Utf8Streamer(self.tokenizer), StopText(job.stops)
@@ -165,11 +168,6 @@ def create_app(model_dir: str, api_key: str | None = None, limits: Limits | None
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    from tinyllm.device import detect_device
-    from tinyllm.inference.chat import fit_conversation, is_chat_model
-    from tinyllm.inference.generation import chat_eos_ids, compile_decoding, token_ids
-    from tinyllm.model_io import context_length, load_model_folder
 
     limits = limits or Limits()
     model, tokenizer = load_model_folder(model_dir, device=device or detect_device())
@@ -256,7 +254,7 @@ def create_app(model_dir: str, api_key: str | None = None, limits: Limits | None
         messages = parse_messages(body, limits)
         sampling, max_tokens, seed, stops = parse_sampling(body, limits)
         max_tokens = max_tokens or default_max
-        budget = max(ctx - max_tokens, ctx // 2)
+        budget = history_budget(ctx, max_tokens)
         # encoding stays on the event loop's thread: only the worker thread runs the model
         kept, dropped, prompt = fit_conversation(tokenizer, messages, budget)
         max_tokens = max(1, min(max_tokens, ctx - len(prompt)))
@@ -329,12 +327,10 @@ def run_serve(args) -> int:
 
     import uvicorn
 
-    from tinyllm.errors import ConfigError
-
     try:
         loopback = ipaddress.ip_address(socket.gethostbyname(args.host)).is_loopback
-    except (OSError, ValueError):
-        raise ConfigError(f"cannot use --host {args.host}: not an address of this machine") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot use --host {args.host}: not an address of this machine") from exc
     if not loopback:
         logger.warning("serving on %s: reachable from other machines%s", args.host,
                        "" if args.api_key else " and without --api_key, anyone who can reach it can use it")
@@ -344,8 +340,8 @@ def run_serve(args) -> int:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((args.host, args.port))
-        except OSError:
-            raise ConfigError(f"port {args.port} on {args.host} is in use; choose another --port") from None
+        except OSError as exc:
+            raise ConfigError(f"port {args.port} on {args.host} is in use; choose another --port") from exc
     url = f"http://{args.host}:{args.port}"
     print(f"Serving {app.state.model_name} at {url}  (chat page: {url}/, OpenAI API: {url}/v1; Ctrl+C stops)",
           flush=True)

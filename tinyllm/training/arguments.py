@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from transformers import TrainingArguments
 
 from tinyllm.config import PretrainTrainingOptions, SFTTrainingOptions
-from tinyllm.device import declare_cpu
-from tinyllm.errors import ConfigError, suggest
+from tinyllm.device import apply_precision_policy, declare_cpu
+from tinyllm.errors import ConfigError, first_line, suggest
+from tinyllm.training.optim import MuonFactory
 
 MATRIX_OPTIMIZERS = ("adamw", "muon")
 
@@ -28,14 +29,15 @@ class PretrainingArguments(PretrainTrainingOptions, TrainingArguments):
             raise ConfigError(f"matrix_optimizer must be one of {', '.join(MATRIX_OPTIMIZERS)}, got "
                               f"'{self.matrix_optimizer}'" + suggest(self.matrix_optimizer, MATRIX_OPTIMIZERS))
         _check_scheduler_kwargs(self)
+        _check_report_to(self)
         declare_cpu(self)  # before TrainingArguments resolves its device
+        apply_precision_policy(self)  # before TrainingArguments derives mixed_precision and the optimizer from it
         super().__post_init__()
 
     def optimizer_factory(self) -> tuple | None:
         """Trainer's `optimizer_cls_and_kwargs` for --matrix_optimizer muon (None: Trainer's own AdamW)."""
         if self.matrix_optimizer != "muon":
             return None
-        from tinyllm.training.optim import MuonFactory
 
         return MuonFactory, {"lr": self.learning_rate, "muon_lr": self.muon_learning_rate,
                              "weight_decay": self.weight_decay, "muon_weight_decay": self.muon_weight_decay,
@@ -45,12 +47,13 @@ class PretrainingArguments(PretrainTrainingOptions, TrainingArguments):
 def _check_scheduler_kwargs(args) -> None:
     """Both stages' schedules: the stage's default `lr_scheduler_kwargs` belong to its default schedule, so another
     `--lr_scheduler_type` drops them, and a keyword the chosen schedule does not take is a one-line error here, not
-    a TypeError at the first step."""
+    a TypeError at the first step. Checked by building the schedule once through transformers' public
+    `get_scheduler` on a throwaway one-parameter optimizer (microseconds)."""
     import dataclasses
-    import inspect
     import json
 
-    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+    import torch
+    from transformers import get_scheduler
     from transformers.trainer_utils import SchedulerType
 
     raw = args.lr_scheduler_kwargs
@@ -65,13 +68,27 @@ def _check_scheduler_kwargs(args) -> None:
                       else kw_field.default)
     if args.lr_scheduler_type != fields["lr_scheduler_type"].default and kwargs == (default_kwargs or {}):
         kwargs = {}
-    accepted = set(inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[kind]).parameters)
-    unknown = sorted(set(kwargs) - accepted)
-    if unknown:
-        takes = sorted(accepted - {"optimizer", "num_training_steps", "num_warmup_steps"})
-        raise ConfigError(f"lr_scheduler_kwargs {', '.join(unknown)} not accepted by the '{kind.value}' schedule "
-                          f"(it takes: {', '.join(takes) or 'nothing'}); fix --lr_scheduler_kwargs")
+    if kwargs:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        try:
+            get_scheduler(kind, optimizer, num_warmup_steps=1, num_training_steps=10,
+                          scheduler_specific_kwargs=kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"lr_scheduler_kwargs {json.dumps(kwargs)} not accepted by the '{kind.value}' "
+                              f"schedule ({first_line(exc)}); fix --lr_scheduler_kwargs") from exc
     args.lr_scheduler_kwargs = kwargs
+
+
+def _check_report_to(args) -> None:
+    """`report_to: [tensorboard, none]` means two opposite things; transformers refuses it only when Trainer is
+    built, with a traceback. Say so here, in one line."""
+    value = args.report_to
+    items = [value] if isinstance(value, str) else list(value or [])
+    for word in ("none", "all"):
+        if word in items and len(items) > 1:
+            others = ", ".join(i for i in items if i != word)
+            raise ConfigError(f"report_to lists '{word}' together with {others}; use report_to: {word}, or list "
+                              f"only the loggers you want (e.g. report_to: [{others}])")
 
 
 @dataclass
@@ -80,7 +97,9 @@ class SFTTrainingArguments(SFTTrainingOptions, TrainingArguments):
 
     def __post_init__(self):
         _check_scheduler_kwargs(self)
+        _check_report_to(self)
         declare_cpu(self)
+        apply_precision_policy(self)
         super().__post_init__()
 
 

@@ -10,14 +10,14 @@ import time
 
 from transformers import Trainer, TrainerCallback
 
-__all__ = ["TinyTrainer", "ProgressLogger", "SampleCallback", "DoctorCallback", "InterruptCallback",
-           "NonFiniteLossError"]
+from tinyllm.formatting import fmt_clock
+from tinyllm.inference.generation import generate_text
+from tinyllm.modeling import eval_mode
+from tinyllm.training.recovery import NonFiniteLossError
+
+__all__ = ["TinyTrainer", "ProgressLogger", "SampleCallback", "DoctorCallback", "InterruptCallback"]
 
 logger = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 class TinyTrainer(Trainer):
@@ -93,7 +93,7 @@ class ProgressLogger(TrainerCallback):
             eta = elapsed / done * max(state.max_steps - state.global_step, 0)
             logger.info("step %d/%d (%.0f%%) | loss %.4f%s | elapsed %s | ETA %s", state.global_step, state.max_steps,
                         100 * state.global_step / max(state.max_steps, 1), logs["loss"],
-                        f" | {rate:,.0f} tok/s" if rate else "", _hms(elapsed), _hms(eta))
+                        f" | {rate:,.0f} tok/s" if rate else "", fmt_clock(elapsed), fmt_clock(eta))
         elif "eval_loss" in logs:
             shown = ", ".join(f"{k[5:]} {v:.4f}" for k, v in logs.items() if k.startswith("eval_") and
                               isinstance(v, float) and "runtime" not in k and "per_second" not in k)
@@ -103,12 +103,6 @@ class ProgressLogger(TrainerCallback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-def _hms(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 class SampleCallback(TrainerCallback):
@@ -125,22 +119,14 @@ class SampleCallback(TrainerCallback):
     def samples(self, model) -> list[str]:
         import torch
 
-        from tinyllm.inference.generation import generate_text
-
-        was_training = model.training
-        model.eval()
         out = []
         devices = [model.device] if model.device.type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=devices):
-                for i, prompt in enumerate(self.prompts):
-                    torch.manual_seed(self.seed + i)
-                    text = generate_text(model, self.tokenizer, prompt, max_new_tokens=self.max_new_tokens,
-                                         do_sample=True, temperature=0.8, top_k=50)
-                    out.append(prompt + text)
-        finally:
-            if was_training:
-                model.train()
+        with eval_mode(model), torch.random.fork_rng(devices=devices):
+            for i, prompt in enumerate(self.prompts):
+                torch.manual_seed(self.seed + i)
+                text = generate_text(model, self.tokenizer, prompt, max_new_tokens=self.max_new_tokens,
+                                     do_sample=True, temperature=0.8, top_k=50)
+                out.append(prompt + text)
         return out
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
