@@ -71,7 +71,7 @@ def main() -> int:
         "--per_device_train_batch_size", str(a.batch), "--gradient_accumulation_steps", "1",
         "--eval_strategy", "no", "--save_strategy", "no", "--validation_split_percentage", "0",
         "--logging_steps", "10", "--report_to", "none", "--warmup_steps", "20", "--torch_compile", a.compile,
-        "--preprocessing_num_workers", "8", "--sample_max_new_tokens", "32", "--plot_loss", "false", "--seed", "0",
+"--sample_max_new_tokens", "32", "--plot_loss", "false", "--seed", "0",
         *extra,
     ])
     if code:

@@ -12,7 +12,9 @@
    with `quality`, the recipe tuned for quality per second (recipes/configs/shakespeare_char_speedrun.yaml) runs
    in the same rotation: its validation loss and wall time against nanoGPT's;
 3. the whole command a user types: `python sample.py --out_dir=... --device=cpu` (10 samples x 500 characters)
-   against `tinyllm generate --num_samples 10 --max_new_tokens 500`, best of --repeats.
+   against `tinyllm generate --num_samples 10 --max_new_tokens 500`, best of --repeats;
+4. (`stream`) one sample of 2000 characters: sample.py against `tinyllm generate` streaming it, and tinyllm's same
+   decode in-process (what the command itself costs).
 
     python benchmarks/nanogpt_side_by_side.py --nanogpt_dir /path/to/nanoGPT
     python benchmarks/nanogpt_side_by_side.py --nanogpt_dir /path/to/nanoGPT --iters 500 --repeats 2   # quicker
@@ -139,13 +141,47 @@ def whole_command(nano: Path, nano_out: Path, ours: Path, repeats: int) -> tuple
     return best_t, best_o
 
 
+def streamed_command(nano: Path, nano_out: Path, ours: Path, n: int, repeats: int) -> tuple[float, float, float]:
+    """One sample of `n` characters as a user types it: sample.py printing one sample against `tinyllm generate`
+    streaming to the terminal (a pipe here), eagerly; and tinyllm's same decode in-process, to show what the
+    command adds. Best of `repeats`, alternating."""
+    import torch
+
+    from tinyllm.inference.generation import generate_ids
+    from tinyllm.model_io import load_model_folder
+
+    theirs = [sys.executable, "sample.py", f"--out_dir={nano_out}", "--device=cpu", "--num_samples=1",
+              f"--max_new_tokens={n}"]
+    mine = [sys.executable, "-m", "tinyllm", "generate", "--model", str(ours), "--prompt", "\n", "--max_new_tokens",
+            str(n), "--temperature", "0.8", "--top_k", "200", "--top_p", "1.0", "--repetition_penalty", "1.0"]
+    model, tok = load_model_folder(str(ours), device="cpu")
+    model.eval()
+    best_t = best_o = best_in = float("inf")
+    for _ in range(repeats):
+        for cmd, cwd, which in ((theirs, nano, "t"), (mine, REPO, "o")):
+            start = time.perf_counter()
+            res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+            took = time.perf_counter() - start
+            if res.returncode:
+                raise RuntimeError(res.stderr[-2000:])
+            if which == "t":
+                best_t = min(best_t, took)
+            else:
+                best_o = min(best_o, took)
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        generate_ids(model, tok("\n")["input_ids"], n, eos=[tok.pad_token_id], **SAMPLING)
+        best_in = min(best_in, time.perf_counter() - start)
+    return best_t, best_o, best_in
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nanogpt_dir", required=True)
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--work_dir", default=None, help="keep the trained models here (default: a temporary folder)")
-    p.add_argument("--parts", default="train,compiled,quality,decode,command",
+    p.add_argument("--parts", default="train,compiled,quality,decode,command,stream",
                    help="which comparisons to run (compiled and quality run with train); decode and command reuse "
                         "the models trained in --work_dir")
     a = p.parse_args()
@@ -175,6 +211,8 @@ def main() -> int:
     dec_t, dec_o, dec_c, compile_s = decode_in_process(nano, tmp / "nano", tmp / "ours", 500, max(3, a.repeats)) \
         if "decode" in parts else (nan, nan, nan, nan)
     cmd_t, cmd_o = whole_command(nano, tmp / "nano", tmp / "ours", a.repeats) if "command" in parts else (nan, nan)
+    str_t, str_o, str_in = streamed_command(nano, tmp / "nano", tmp / "ours", 2000, max(3, a.repeats)) \
+        if "stream" in parts else (nan, nan, nan)
 
     def med(values):
         values = list(values)
@@ -203,7 +241,11 @@ def main() -> int:
             (f"decoding at batch 1 with --compile (tokens/s, best; compiled once in {compile_s:.1f} s)",
              f"{dec_t:,.0f}", f"{dec_c:,.0f}", f"{dec_c / dec_t:.2f}x"),
             ("10 samples x 500 characters, whole command (s, best)", f"{cmd_t:.1f}", f"{cmd_o:.1f}",
-             f"{cmd_t / cmd_o:.2f}x")]
+             f"{cmd_t / cmd_o:.2f}x"),
+            ("1 sample x 2000 characters streamed, whole command, eager (s, best)", f"{str_t:.1f}", f"{str_o:.1f}",
+             f"{str_t / str_o:.2f}x"),
+            ("  the same 2000-token decode in-process, tinyllm (s, best)", "", f"{str_in:.1f}",
+             f"command adds {str_o - str_in:.1f} s")]
     print("| measure | nanoGPT | tinyllm | tinyllm / nanoGPT |\n|---|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

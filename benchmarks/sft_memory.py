@@ -1,12 +1,13 @@
 """Peak memory (RSS) of LoRA SFT on models of real size: does SFT hold one copy of the base weights?
 
-    python benchmarks/sft_memory.py [--steps 10] [--baseline_repo /path/to/older/checkout]
+    python benchmarks/sft_memory.py [--steps 10] [--batch 16] [--max_seq_length 256] [--baseline_repo DIR]
 
 Builds two base models with random weights and tinyllm's tokenizer (no download): a Llama of 143M parameters
 (the gpt2-small preset as a Llama with an untied 37k vocabulary) and SmolLM2-135M's shape (30 layers x 576, 9
-heads, 3 key/value heads, 49k vocabulary). Runs `tinyllm sft` on the built-in QA for each and reads the peak RSS
-from /usr/bin/time -v. The aim is <= 1 GB + 2x the fp32 weights. With --baseline_repo, the same command runs from
-that checkout too (e.g. `git worktree add /tmp/before 573d87b`), side by side in the same run.
+heads, 3 key/value heads, 49k vocabulary). Runs `tinyllm sft` on the built-in QA for each, at SFT's default
+micro-batch and sequence length unless told otherwise, as shipped and with --gradient_checkpointing true, and reads
+the peak RSS from /usr/bin/time -v. The aim is <= 1 GB + 2x the fp32 weights. With --baseline_repo, the same
+command runs from that checkout too (e.g. `git worktree add /tmp/before 573d87b`), side by side in the same run.
 """
 
 import argparse
@@ -60,22 +61,30 @@ def peak_rss(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float, str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch", type=int, default=16, help="micro-batch (SFT's default: 16)")
+    p.add_argument("--max_seq_length", type=int, default=256, help="(SFT's default: 256)")
+    p.add_argument("--models", default="llama-143M,smollm2-135M-shape")
     p.add_argument("--baseline_repo", default=None, help="an older tinyllm checkout to measure side by side")
     a = p.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     tmp = Path(tempfile.mkdtemp(prefix="tinyllm_sftmem_"))
     bases = build_bases(tmp)
-    repos = [("this checkout", ROOT)] + ([("baseline", Path(a.baseline_repo))] if a.baseline_repo else [])
+    repos = [("this checkout", ROOT, ()), ("this checkout, --gradient_checkpointing true", ROOT,
+                                           ("--gradient_checkpointing", "true"))]
+    repos += [("baseline", Path(a.baseline_repo), ())] if a.baseline_repo else []
+    print(f"micro-batch {a.batch}, max_seq_length {a.max_seq_length}, {a.steps} steps, built-in QA\n")
     print("| model | parameters | fp32 weights | code | peak RSS | aim (1 GB + 2x weights) | wall |")
     print("|---|---:|---:|---|---:|---:|---:|")
     for name, base in bases.items():
+        if name not in a.models.split(","):
+            continue
         weights = sum(f.stat().st_size for f in base.glob("*.safetensors")) / 1024 ** 3
-        for label, repo in repos:
+        for label, repo, extra in repos:
             cmd = [sys.executable, "-m", "tinyllm", "sft", "--model_name_or_path", str(base), "--dataset_name",
                    "builtin_qa", "--output_dir", str(tmp / f"out-{name}-{label.replace(' ', '_')}"),
-                   "--max_steps", str(a.steps), "--per_device_train_batch_size", "8", "--eval_steps", "1000",
-                   "--save_steps", "1000", "--logging_steps", "5", "--report_to", "none", "--max_seq_length", "96",
-                   "--plot_loss", "false"]
+                   "--max_steps", str(a.steps), "--per_device_train_batch_size", str(a.batch), "--eval_steps",
+                   "1000", "--save_steps", "1000", "--logging_steps", "5", "--report_to", "none", "--max_seq_length",
+                   str(a.max_seq_length), "--plot_loss", "false", *extra]
             run_env = {**env, "PYTHONPATH": str(repo)}
             gb, seconds, _ = peak_rss(cmd, repo, run_env)
             params = weights * 1024 ** 3 / 4 / 1e6

@@ -23,8 +23,10 @@ def plain_loop(model, train, batch: int, steps: int, warmup: int, lr: float, bf1
 
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.1, fused=fused or None)
-    rows = train.with_format("torch")[:]  # all packed sequences as two [n, block] tensors
-    ids, labels = rows["input_ids"], rows["labels"]
+    n_rows = min(len(train), batch * (steps + warmup))  # the blocks the loop uses, read from the shards once
+    rows = [train[i] for i in range(n_rows)]
+    ids = torch.stack([r["input_ids"] for r in rows])
+    labels = torch.stack([r["labels"] for r in rows])
     n = ids.shape[0] // batch
     tokens = 0
     start = None

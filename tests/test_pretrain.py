@@ -148,20 +148,30 @@ def test_utf8_streamer_never_prints_half_a_character(bpe_tokenizer):
     assert "".join(chunks) == lines + "\n" and streamer.text == lines and not streamer.line
 
 
-def test_second_run_reuses_cached_tokenization(tmp_path, tokenizer_dir, capsys):
-    args = ["--dataset_name", "builtin", "--builtin_num_documents", "300", "--tokenizer_name_or_path", tokenizer_dir,
-            "--max_steps", "2", "--eval_strategy", "no", "--cache_dir", tmp_path / "cache", *TINY_MODEL_ARGS]
+def test_second_run_reuses_the_token_shards(tmp_path, tokenizer_dir, capsys, caplog):
+    """The corpus is tokenized once into shards keyed by corpus + tokenizer; a second run finds them (no second
+    pass, the files untouched) and says where they are; a changed corpus file gets new shards."""
+    corpus = tmp_path / "stories.txt"
+    corpus.write_text("\n\n".join(f"Story {i}: the cat sat on mat number {i}." for i in range(400)))
+    args = ["--dataset_name", corpus, "--tokenizer_name_or_path", tokenizer_dir, "--max_steps", "2",
+            "--eval_strategy", "no", "--cache_dir", tmp_path / "cache", *TINY_MODEL_ARGS]
     code, _, err = run_inprocess(capsys, "pretrain", *args, "--output_dir", tmp_path / "a")
     assert code == 0, err
 
-    def cache_state():
-        return {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("cache-*.arrow")}
+    def shard_files():
+        return {p: p.stat().st_mtime_ns for p in (tmp_path / "cache" / "shards").rglob("*") if p.is_file()}
 
-    first = cache_state()
-    assert len(first) >= 2, "tokenization and packing wrote cache files"
-    code, _, err = run_inprocess(capsys, "pretrain", *args, "--output_dir", tmp_path / "b")
+    first = shard_files()
+    assert any(p.name == "train-00000.bin" for p in first) and any(p.name == "meta.json" for p in first)
+    with caplog.at_level("INFO", logger="tinyllm"):
+        code, _, err = run_inprocess(capsys, "pretrain", *args, "--output_dir", tmp_path / "b")
     assert code == 0, err
-    assert cache_state() == first, "the second run recomputed instead of loading the fingerprinted cache"
+    assert shard_files() == first, "the second run tokenized the corpus again"
+    assert any("token shards found in" in r.getMessage() for r in caplog.records)
+    corpus.write_text(corpus.read_text() + "\n\nOne more story.")
+    code, _, err = run_inprocess(capsys, "pretrain", *args, "--output_dir", tmp_path / "c")
+    assert code == 0, err
+    assert len({p.parent for p in shard_files()}) == 2  # the changed corpus was prepared again, under a new key
 
 
 def test_bad_inputs(tmp_path, tokenizer_dir, capsys):
@@ -211,19 +221,34 @@ def test_plan_answers_without_training(capsys):
     assert "tokens per step" in out and "memory estimate" in out and "cpu (2 cores)" in out
 
 
-def test_streaming_corpus_trains_without_materialising(tmp_path, tokenizer_dir, capsys):
-    """--streaming true: documents flow through an IterableDataset (for corpora bigger than memory)."""
-    code, _, err = run_inprocess(capsys, "pretrain", *TINY_MODEL_ARGS, "--dataset_name", "builtin",
-                                 "--builtin_num_documents", "600", "--tokenizer_name_or_path", tokenizer_dir,
-                                 "--streaming", "true", "--max_steps", "6", "--eval_steps", "3",
-                                 "--output_dir", tmp_path / "s")
+def test_streamed_hf_dataset_goes_through_shards(tmp_path, tokenizer_dir, capsys, monkeypatch):
+    """--streaming true: an HF dataset is read row by row (an IterableDataset, never materialised) into the token
+    shards; its first documents are held out."""
+    import datasets
+
+    import tinyllm.data.documents as documents
+
+    asked = []
+
+    def fake_hub(name, config, split, streaming=False, cache_dir=None):
+        asked.append(streaming)
+
+        def rows():
+            for i in range(600):
+                yield {"text": f"Row {i}: a dog runs to the park and back {i % 7} times."}
+        return datasets.IterableDataset.from_generator(rows)
+
+    monkeypatch.setattr(documents, "load_hf_split", fake_hub)
+    code, _, err = run_inprocess(capsys, "pretrain", *TINY_MODEL_ARGS, "--dataset_name", "acme/web-texts",
+                                 "--tokenizer_name_or_path", tokenizer_dir, "--streaming", "true", "--max_steps", "6",
+                                 "--eval_steps", "3", "--cache_dir", tmp_path / "cache", "--output_dir", tmp_path / "s")
     assert code == 0, err
+    assert asked and all(asked)
     state = json.loads((tmp_path / "s" / "trainer_state.json").read_text())
     assert state["global_step"] == 6
     assert any("eval_loss" in h for h in state["log_history"])  # validation from the first streamed documents
-    code, _, err = run_inprocess(capsys, "pretrain", *TINY_MODEL_ARGS, "--streaming", "true", "--max_steps", "-1",
-                                 "--output_dir", tmp_path / "t")
-    assert_user_error(code, err, "streaming needs --max_steps")
+    meta = json.loads(next((tmp_path / "cache" / "shards").glob("*/meta.json")).read_text())
+    assert meta["validation"]["documents"] == 200 and meta["train"]["documents"] == 400
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2"])

@@ -168,3 +168,16 @@ def test_char_tokenizer_reports_and_warns_about_unknown_characters(caplog):
     with caplog.at_level(logging.WARNING, logger="tinyllm"):
         assert check_unknown_rate(tok, ids[1:], "poetry") == 0.0
     assert not caplog.text
+
+
+def test_an_explicit_zero_holdout_trains_on_every_document():
+    """--validation_split_percentage 0 means no held-out documents (it once became 5%): the tokenizer sees all of
+    them and the report has no held-out compression; left unset (None), 5% is held out for the report."""
+    from tinyllm.config import DataArguments, TokenizerArguments
+    from tinyllm.data.tokenizer import build_tokenizer
+
+    tok_args = TokenizerArguments(tokenizer_type="char")
+    _, report = build_tokenizer(DataArguments(builtin_num_documents=200, validation_split_percentage=0), tok_args)
+    assert report["heldout"] is None
+    _, report = build_tokenizer(DataArguments(builtin_num_documents=200, validation_split_percentage=None), tok_args)
+    assert report["heldout"]["documents"] == 10

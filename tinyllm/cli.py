@@ -1,6 +1,7 @@
 """The `tinyllm` command: one table of commands, typed options from `--config run.yaml` plus flags.
 
     tinyllm train-tokenizer --dataset_name builtin --vocab_size 4000 --output_dir outputs/tok
+    tinyllm prepare --config recipes/configs/tinystories.yaml --dataset_name big.txt
     tinyllm pretrain --config recipes/configs/quickstart.yaml
     tinyllm sft --config recipes/configs/sft_quickstart.yaml
     tinyllm generate --model outputs/quickstart --prompt "Once upon a time"
@@ -45,6 +46,12 @@ def _train_tokenizer(*objs):
     from tinyllm.data.tokenizer_stage import run_tokenizer_training
 
     return run_tokenizer_training(*objs)
+
+
+def _prepare(*objs):
+    from tinyllm.data.prepare_stage import run_prepare
+
+    return run_prepare(*objs)
 
 
 def _pretrain(*objs):
@@ -118,6 +125,8 @@ _PRETRAIN_TYPES = (c.ModelArguments, c.DataArguments, c.TokenizerArguments, c.Pr
 COMMANDS: dict[str, Command] = {
     "train-tokenizer": Command("train a BPE or char tokenizer on a corpus",
                                (c.DataArguments, c.TokenizerArguments, c.OutputArguments), _train_tokenizer),
+    "prepare": Command("tokenize a corpus once into token shards on disk (pretrain finds and reuses them)",
+                       _PRETRAIN_TYPES, _prepare),
     "pretrain": Command("pretrain a GPT-2/Llama model (from scratch, or continue one) with transformers.Trainer",
                         _PRETRAIN_TYPES, _pretrain),
     "sft": Command("instruction-tune a pretrained model with LoRA on question-answer pairs",
@@ -190,7 +199,6 @@ def _runtime_types(option_types: Sequence[type]) -> list[type]:
     if not any(t in TRAINING_OPTIONS for t in option_types):
         return list(option_types)
     from tinyllm.training.arguments import training_arguments_class
-
 
     return [training_arguments_class(t) if t in TRAINING_OPTIONS else t for t in option_types]
 

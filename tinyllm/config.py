@@ -59,8 +59,14 @@ class DataArguments:
         default=None, metadata={"help": "Tokens per training sequence (default: the preset's or the model's context)."}
     )
     max_documents: Optional[int] = field(default=None, metadata={"help": "Use at most this many documents."})
-    streaming: bool = field(default=False, metadata={"help": "Stream the corpus instead of loading it in memory."})
-    preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for datasets.map."})
+    document_separator: str = field(default="auto", metadata={
+        "help": "How a .txt file is cut into documents: auto (<|endoftext|> when present, else blank lines), "
+                "blank_line, eot, none (one document), or a literal string such as '\\n'."})
+    eval_max_tokens: Optional[int] = field(default=262144, metadata={
+        "help": "Held-out tokens scored at each evaluation (whole documents, the first of the held-out split): "
+                "the cost stays fixed as the corpus grows. 0 or empty: all of them."})
+    streaming: bool = field(default=False, metadata={"help": "Read an HF dataset as a stream (never downloaded "
+                                                             "whole); prepare still writes shards from it."})
     builtin_num_documents: int = field(default=20000, metadata={"help": "Documents in the built-in corpus."})
     builtin_languages: str = field(
         default="en,zh", metadata={"help": "Languages of the built-in corpus: en, zh or en,zh."}
@@ -70,6 +76,8 @@ class DataArguments:
     def __post_init__(self):
         if self.block_size is not None and self.block_size < 2:
             raise ConfigError(f"block_size must be >= 2, got {self.block_size}")
+        if self.eval_max_tokens is not None and self.eval_max_tokens < 0:
+            raise ConfigError(f"eval_max_tokens must be >= 0 (0: no limit), got {self.eval_max_tokens}")
         pct = self.validation_split_percentage
         if pct is not None and not 0 <= pct < 100:
             raise ConfigError(f"validation_split_percentage must be in [0, 100), got {pct}")
@@ -90,6 +98,8 @@ class TokenizerArguments:
     tokenizer_max_documents: Optional[int] = field(
         default=None, metadata={"help": "Train the tokenizer on at most this many documents."}
     )
+    tokenizer_sample_bytes: Optional[int] = field(default=64 << 20, metadata={
+        "help": "Learn BPE merges on at most this much text, sampled from the whole corpus (0: all of it)."})
 
     def __post_init__(self):
         if self.tokenizer_type not in ("bpe", "char"):

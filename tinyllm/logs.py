@@ -11,7 +11,9 @@ import logging
 import os
 import sys
 
-__all__ = ["setup_logging", "is_main_process"]
+from tinyllm.formatting import fmt_clock
+
+__all__ = ["setup_logging", "is_main_process", "Progress"]
 
 
 def is_main_process() -> bool:
@@ -60,3 +62,50 @@ def setup_logging() -> None:
         import transformers
 
         transformers.utils.logging.set_verbosity_warning()
+
+
+class Progress:
+    """Progress of a long step that is not training (prepare): a tqdm bar with rate and ETA on a terminal; off a
+    terminal, one plain line every `every` seconds. `total` may be None (unknown length: rate only)."""
+
+    def __init__(self, total: float | None, desc: str, unit: str = "it", every: float = 10.0):
+        import time
+
+        self.total, self.desc, self.unit, self.every = total, desc, unit, every
+        self.done, self.start, self.last = 0.0, time.perf_counter(), time.perf_counter()
+        self.bar = None
+        if sys.stderr.isatty() and is_main_process():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024 if unit == "B"
+                            else 1000, dynamic_ncols=True)
+
+    def update_to(self, done: float) -> None:
+        import time
+
+        step, self.done = done - self.done, done
+        if self.bar is not None:
+            self.bar.update(step)
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            self._line(now)
+
+    def _line(self, now: float) -> None:
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.done / elapsed
+        scale, name = (2**20, "MB") if self.unit == "B" else (1, self.unit)
+        text = f"{self.desc}: {self.done / scale:,.1f} {name}"
+        if self.total:
+            eta = (self.total - self.done) / rate if rate else 0.0
+            text += f" of {self.total / scale:,.1f} ({100 * self.done / self.total:.0f}%)"
+        text += f" | {rate / scale:,.1f} {name}/s | elapsed {fmt_clock(elapsed)}"
+        if self.total:
+            text += f" | ETA {fmt_clock(eta)}"
+        logging.getLogger("tinyllm").info(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

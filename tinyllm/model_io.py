@@ -81,7 +81,6 @@ def load_model_folder(path: str | Path, device: str | None = None, dtype=None, t
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-
     check_model_folder(path)
     tok = None
     try:

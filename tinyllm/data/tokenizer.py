@@ -15,23 +15,35 @@ The saved folder is a plain `PreTrainedTokenizerFast` (tokenizer.json + tokenize
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
+import os
+import random
+import shutil
 import time
 import unicodedata
 
 from tinyllm.config import DataArguments, TokenizerArguments
-from tinyllm.data.corpora import iter_documents, split_documents
+from tinyllm.data.corpora import cache_root
+from tinyllm.data.documents import CorpusStream
 from tinyllm.errors import ConfigError, DataError
+from tinyllm.formatting import fmt_bytes
+from tinyllm.model_io import load_tokenizer
 
 __all__ = ["BOS", "EOS", "PAD", "UNK", "IM_START", "IM_END", "CHAT_TEMPLATE", "SPLIT_PATTERN",
-           "train_tokenizer", "wrap_tokenizer", "check_unknown_rate", "is_cjk", "count_alphabet", "language_of",
-           "load_corpus_documents", "tokenizer_report", "build_tokenizer"]
+           "train_tokenizer", "wrap_tokenizer", "check_unknown_rate", "unknown_rate_warning", "is_cjk",
+           "count_alphabet", "language_of",
+           "tokenizer_report", "build_tokenizer", "trained_tokenizer", "tokenizer_for_run",
+           "check_pretraining_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
 BOS, EOS, PAD, UNK = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>", "<|unk|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 SPECIALS = [BOS, EOS, PAD, IM_START, IM_END]
+HELDOUT_REPORT_CHARS = 4 << 20  # held-out text the tokenizer report measures compression on
 
 # ChatML with {% generation %} markers: return_assistant_tokens_mask=True then marks exactly the answer
 # and its <|im_end|> (the "\n" after it is formatting, not supervised).
@@ -95,16 +107,16 @@ def _batches(docs, size: int = 1000):
 
 def train_tokenizer(docs: list[str], tokenizer_type: str = "bpe", vocab_size: int = 8000, min_frequency: int = 2,
                     show_progress: bool = True, learn_pattern: str = LEARN_SPLIT_PATTERN,
-                    encode_pattern: str = SPLIT_PATTERN):
+                    encode_pattern: str = SPLIT_PATTERN, alphabet: set[str] | None = None):
     """Train and return a `transformers.PreTrainedTokenizerFast`. BPE merges are learned with `learn_pattern`
-    and the tokenizer encodes with `encode_pattern` (both parameters exist for benchmarks comparing the choice)."""
+    and the tokenizer encodes with `encode_pattern` (both parameters exist for benchmarks comparing the choice).
+    A char vocabulary is `alphabet` when given (every character of the corpus), else the characters of `docs`."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
 
     if not docs:
         raise DataError("the corpus is empty: no non-blank documents to train the tokenizer on; check the data")
     if tokenizer_type == "char":
-        alphabet = sorted(count_alphabet(docs))
+        alphabet = sorted(alphabet if alphabet is not None else count_alphabet(docs))
         specials = [*SPECIALS, UNK]
         vocab = {tok: i for i, tok in enumerate(specials + alphabet)}
         tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
@@ -153,9 +165,18 @@ def wrap_tokenizer(tok, tokenizer_type: str):
     )
 
 
+def unknown_rate_warning(unknown: int, total: int, where: str, limit: float = 0.01) -> float:
+    """Share of tokens that are <|unk|> (char tokenizers map unseen characters to it), from counts taken while
+    streaming; warn above `limit` (1%), e.g. a poetry-trained char tokenizer used on modern Chinese."""
+    rate = unknown / max(total, 1)
+    if rate > limit:
+        logger.warning("%.1f%% of the tokens of %s are %s: characters the char tokenizer never saw (they are lost). "
+                       "Train the tokenizer on this text too, or use --tokenizer_type bpe", 100 * rate, where, UNK)
+    return rate
+
+
 def check_unknown_rate(tokenizer, id_lists, where: str, limit: float = 0.01) -> float:
-    """Share of tokens that are <|unk|> (char tokenizers map unseen characters to it); warn above `limit` (1%),
-    e.g. a poetry-trained char tokenizer used on modern Chinese. Returns the rate (0.0 for BPE, which has none)."""
+    """unknown_rate_warning over token id lists (SFT examples). Returns the rate (0.0 for BPE, which has none)."""
     unk = tokenizer.unk_token_id
     if unk is None:
         return 0.0
@@ -163,27 +184,7 @@ def check_unknown_rate(tokenizer, id_lists, where: str, limit: float = 0.01) -> 
     for ids in id_lists:
         total += len(ids)
         hits += sum(1 for t in ids if t == unk)
-    rate = hits / max(total, 1)
-    if rate > limit:
-        logger.warning("%.1f%% of the tokens of %s are %s: characters the char tokenizer never saw (they are lost). "
-                       "Train the tokenizer on this text too, or use --tokenizer_type bpe", 100 * rate, where, UNK)
-    return rate
-
-
-# ---------------------------------------------------------------- training on a corpus
-
-def load_corpus_documents(data: DataArguments, seed: int = 0, limit: int | None = None) -> list[str]:
-    """All documents of the configured corpus, in order (at most `limit` / `max_documents`)."""
-    docs = []
-    limit = limit or data.max_documents
-    for doc in iter_documents(data.dataset_name, data.dataset_config_name, data.dataset_split, data.text_column,
-                              data.cache_dir, data.builtin_num_documents, data.builtin_languages, seed):
-        docs.append(doc)
-        if limit and len(docs) >= limit:
-            break
-    if not docs:
-        raise DataError(f"corpus '{data.dataset_name}' is empty: no non-blank documents found; check the data")
-    return docs
+    return unknown_rate_warning(hits, total, where, limit)
 
 
 def language_of(text: str) -> str:
@@ -209,7 +210,6 @@ def tokenizer_report(tokenizer, heldout: list[str], train_seconds: float, tokeni
         return {"documents": len(docs), "tokens": ntok, "characters": nchar, "bytes": nbyte,
                 "chars_per_token": round(nchar / max(ntok, 1), 3), "bytes_per_token": round(nbyte / max(ntok, 1), 3)}
 
-
     pre = ("one token per character" if tokenizer_type == "char" else
            f"{PRE_TOKENIZER_NAME}: Llama 3's split (GPT-4 style), chosen because llama.cpp implements it exactly "
            f"(GGUF tokenizer.ggml.pre = llama-bpe), so exported models tokenize as they do here; merges were "
@@ -221,21 +221,98 @@ def tokenizer_report(tokenizer, heldout: list[str], train_seconds: float, tokeni
     return report
 
 
-def build_tokenizer(data: DataArguments, tok_args: TokenizerArguments, seed: int = 0, docs: list[str] | None = None):
-    """Train a tokenizer on the corpus; return (tokenizer, report). Holds out the validation slice."""
-    if docs is None:
-        docs = load_corpus_documents(data, seed, limit=tok_args.tokenizer_max_documents or data.max_documents)
-    pct = data.validation_split_percentage
-    train_docs, heldout = split_documents(docs, 5.0 if pct is None else pct)  # an explicit 0 holds nothing out
-    if tok_args.tokenizer_max_documents:
-        train_docs = train_docs[: tok_args.tokenizer_max_documents]
-    if tok_args.tokenizer_type == "char":
-        # Char mode's vocabulary must cover the held-out text too, as nanoGPT's shakespeare_char builds it
-        # from the whole file; BPE never needs this since it falls back to bytes.
-        train_docs = train_docs + heldout
+def build_tokenizer(data: DataArguments, tok_args: TokenizerArguments, seed: int = 0):
+    """Train a tokenizer on the corpus; return (tokenizer, report). Streamed: BPE merges are learned on a sample
+    of the training documents of at most `tokenizer_sample_bytes` (documents kept at random, by seed, when the
+    corpus is bigger), so memory and time stay bounded however big the corpus; a char vocabulary covers every
+    character of the corpus (as nanoGPT's shakespeare_char builds it from the whole file). The report measures
+    compression on up to 4 MB of the held-out documents."""
+    stream = CorpusStream(data, seed)
+    budget = tok_args.tokenizer_sample_bytes or float("inf")
+    keep = 1.0 if not stream.total_bytes or stream.total_bytes <= budget else budget / stream.total_bytes
+    rng = random.Random(seed)
+    sample: list[str] = []
+    heldout: list[str] = []
+    taken = held = kept_docs = 0
+    alphabet: set[str] = set()
+    char = tok_args.tokenizer_type == "char"
+    for text, is_validation in stream:
+        if char:
+            alphabet.update(text)
+        if is_validation:
+            if held < HELDOUT_REPORT_CHARS:
+                heldout.append(text)
+                held += len(text)
+            continue
+        if taken >= budget or (tok_args.tokenizer_max_documents and kept_docs >= tok_args.tokenizer_max_documents):
+            continue
+        if keep >= 1 or rng.random() < keep:
+            sample.append(text)
+            taken += len(text.encode("utf-8"))
+            kept_docs += 1
+    if not sample:
+        raise DataError(f"corpus '{data.dataset_name}' has no training documents for the tokenizer; check the data "
+                        f"or lower --validation_split_percentage")
     start = time.perf_counter()
-    tokenizer = train_tokenizer(train_docs, tok_args.tokenizer_type, tok_args.vocab_size, tok_args.min_frequency)
+    tokenizer = train_tokenizer(sample, tok_args.tokenizer_type, tok_args.vocab_size, tok_args.min_frequency,
+                                alphabet=alphabet if char else None)
     seconds = time.perf_counter() - start
     report = tokenizer_report(tokenizer, heldout, seconds, tok_args.tokenizer_type, data.dataset_name)
-    logger.info("trained a %s tokenizer with %d tokens in %.1f s", tok_args.tokenizer_type, len(tokenizer), seconds)
+    report["sample_bytes"] = taken
+    logger.info("trained a %s tokenizer with %d tokens on %s of text in %.1f s", tok_args.tokenizer_type,
+                len(tokenizer), fmt_bytes(taken), seconds)
     return tokenizer, report
+
+
+def trained_tokenizer(data: DataArguments, tok_args: TokenizerArguments, seed: int = 0):
+    """build_tokenizer's result, kept in CACHE/tokenizers/<key> (key: the corpus's fingerprint, the tokenizer
+    options and the seed): `tinyllm prepare` and `tinyllm pretrain` on the same corpus train it once."""
+    from transformers import AutoTokenizer
+
+    spec = {"corpus": CorpusStream(data, seed).fingerprint(), "options": dataclasses.asdict(tok_args), "seed": seed,
+            "format": 1}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    folder = cache_root(data.cache_dir) / "tokenizers" / key
+    if (folder / "tokenizer_report.json").is_file():
+        logger.info("tokenizer trained earlier on this corpus with these options: %s", folder)
+        report = json.loads((folder / "tokenizer_report.json").read_text(encoding="utf-8"))
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False), report
+    tokenizer, report = build_tokenizer(data, tok_args, seed)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    tokenizer.save_pretrained(tmp)
+    (tmp / "tokenizer_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
+                                               encoding="utf-8")
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process saved it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tokenizer, report
+
+
+def tokenizer_for_run(tokenizer_name_or_path: str | None, model_name_or_path: str | None, data: DataArguments,
+                      tok_args: TokenizerArguments, seed: int = 0):
+    """(tokenizer, report or None) for a pretraining run: the one named, else the model's own (continued
+    pretraining), else one trained on the corpus (once: trained_tokenizer keeps it in the cache)."""
+    if tokenizer_name_or_path:
+        return load_tokenizer(tokenizer_name_or_path), None
+    if model_name_or_path:
+        return load_tokenizer(model_name_or_path), None
+    logger.info("no tokenizer_name_or_path: a %s tokenizer (vocab %d) trained on %s (once; kept in the cache)",
+                tok_args.tokenizer_type, tok_args.vocab_size, data.dataset_name)
+    return trained_tokenizer(data, tok_args, seed)
+
+
+def check_pretraining_tokenizer(tokenizer, from_scratch: bool) -> None:
+    """What packing needs: an eos between documents; from scratch also bos and a pad that is not eos."""
+    if tokenizer.eos_token_id is None:
+        raise ConfigError("the tokenizer has no eos token, so documents cannot be separated when packing; set "
+                          "eos_token in its tokenizer_config.json or train one with tinyllm")
+    if not from_scratch:
+        return  # a model someone else trained keeps its own tokenizer (GPT-2 has no pad token and bos == eos)
+    if not tokenizer.bos_token or not tokenizer.pad_token:
+        raise ConfigError("the tokenizer needs bos, eos and pad tokens; train it with tinyllm")
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise ConfigError("the tokenizer's pad token equals its eos token, so padding masks would hide the end of "
+                          "texts; train the tokenizer with tinyllm (it reserves a separate <|pad|>)")
+

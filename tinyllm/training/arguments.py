@@ -6,12 +6,14 @@ here they are mixed into TrainingArguments. A field both define takes tinyllm's 
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from dataclasses import dataclass
 
 from transformers import TrainingArguments
 
 from tinyllm.config import PretrainTrainingOptions, SFTTrainingOptions
-from tinyllm.device import apply_precision_policy, declare_cpu
+from tinyllm.device import apply_precision_policy, declare_cpu, detect_device
 from tinyllm.errors import ConfigError, first_line, suggest
 from tinyllm.training.optim import MuonFactory
 
@@ -30,6 +32,7 @@ class PretrainingArguments(PretrainTrainingOptions, TrainingArguments):
                               f"'{self.matrix_optimizer}'" + suggest(self.matrix_optimizer, MATRIX_OPTIMIZERS))
         _check_scheduler_kwargs(self)
         _check_report_to(self)
+        check_launch(self)  # before TrainingArguments joins the process group
         declare_cpu(self)  # before TrainingArguments resolves its device
         apply_precision_policy(self)  # before TrainingArguments derives mixed_precision and the optimizer from it
         super().__post_init__()
@@ -79,6 +82,33 @@ def _check_scheduler_kwargs(args) -> None:
     args.lr_scheduler_kwargs = kwargs
 
 
+PLACEHOLDER_NETWORK = ipaddress.ip_network("192.0.2.0/24")  # RFC 5737: for documentation, never a real host
+
+
+def check_launch(args) -> None:
+    """Launch settings that would run but do something else, or hang, refused in one line before training:
+    - an FSDP or DeepSpeed launch config on a machine without a GPU: accelerate quietly trains plain DDP then
+      (nothing is sharded), so say so and point at multi_cpu.yaml;
+    - recipes/accelerate_configs/multi_node.yaml's placeholder main_process_ip (a documentation address): the
+      processes would wait for a machine that does not exist."""
+    sharded = [name for name, on in (("FSDP", os.environ.get("ACCELERATE_USE_FSDP") == "true" or bool(args.fsdp)),
+                                     ("DeepSpeed", os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
+                                      or bool(args.deepspeed))) if on]
+    if sharded and detect_device(args.use_cpu) == "cpu":
+        raise ConfigError(f"the {sharded[0]} launch config shards a model across GPUs, and this machine has none: "
+                          f"accelerate would quietly train plain DDP instead. On CPUs use "
+                          f"recipes/accelerate_configs/multi_cpu.yaml (DDP over gloo)")
+    master = os.environ.get("MASTER_ADDR")
+    if master and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        try:
+            placeholder = ipaddress.ip_address(master) in PLACEHOLDER_NETWORK
+        except ValueError:
+            placeholder = False
+        if placeholder:
+            raise ConfigError(f"main_process_ip {master} is the placeholder of multi_node.yaml: set it to the main "
+                              f"machine's address, reachable by every machine (e.g. --main_process_ip 10.1.2.3)")
+
+
 def _check_report_to(args) -> None:
     """`report_to: [tensorboard, none]` means two opposite things; transformers refuses it only when Trainer is
     built, with a traceback. Say so here, in one line."""
@@ -98,6 +128,7 @@ class SFTTrainingArguments(SFTTrainingOptions, TrainingArguments):
     def __post_init__(self):
         _check_scheduler_kwargs(self)
         _check_report_to(self)
+        check_launch(self)
         declare_cpu(self)
         apply_precision_policy(self)
         super().__post_init__()

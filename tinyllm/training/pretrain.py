@@ -22,7 +22,7 @@ from tinyllm.config import DataArguments, ModelArguments, TokenizerArguments
 from tinyllm.data.builtin import corpus_entropy, generate_corpus
 from tinyllm.data.corpora import describe_source, split_documents
 from tinyllm.data.packing import LMData, build_lm_datasets
-from tinyllm.data.tokenizer import build_tokenizer
+from tinyllm.data.tokenizer import check_pretraining_tokenizer, tokenizer_for_run
 from tinyllm.device import compile_loader_settings
 from tinyllm.errors import ConfigError
 from tinyllm.evaluation.report import RunSummary, write_run_report
@@ -37,7 +37,7 @@ from tinyllm.hub import (
     write_model_card,
 )
 from tinyllm.io import staged_into
-from tinyllm.model_io import load_model_folder, load_tokenizer, resolve_model_path
+from tinyllm.model_io import load_model_folder, resolve_model_path
 from tinyllm.modeling import build_config, check_vocab, resolve_block_size
 from tinyllm.training.arguments import PretrainingArguments
 from tinyllm.training.callbacks import DoctorCallback, InterruptCallback, SampleCallback, TinyTrainer
@@ -73,19 +73,16 @@ class Trained:
 def run_pretraining(model_args: ModelArguments, data: DataArguments, tok_args: TokenizerArguments,
                     args: PretrainingArguments) -> Path:
     """The whole pretraining stage, as a list of steps. Returns the output folder."""
-    if args.max_steps <= 0 and data.streaming:
-        raise ConfigError("streaming needs --max_steps > 0 (the corpus length is unknown)")
     if model_args.model_name_or_path:  # continued pretraining: a local folder, or a Hub id downloaded once
         model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
     setup = prepare_run(args)
     tokenizer, tok_report = _prepare_tokenizer(model_args, data, tok_args, args)
-    _check_tokenizer(tokenizer, from_scratch=not model_args.model_name_or_path)
+    check_pretraining_tokenizer(tokenizer, from_scratch=not model_args.model_name_or_path)
     resolve_block_size(model_args, data)
-    with args.main_process_first(desc="tokenizing and packing"):
-        lm = build_lm_datasets(data, tokenizer, args.seed)
+    lm = _data(data, tokenizer, args)
     model = _load_model(model_args, tokenizer, data, args)
     plan = _log_plan(model, data, args, lm, setup.device_line)
-    floor = entropy_floor(data, args.seed)
+    floor = entropy_floor(data, args.seed, lm.eval_documents)
     if floor is not None:
         logger.info("built-in corpus entropy floor: %.4f bits/char (no model can beat it)", floor)
     _prepare_output_dir(args, setup.resume)
@@ -114,29 +111,34 @@ def default_prompts(data: DataArguments, sample_texts: list[str]) -> list[str]:
     return prompts or ["The"]
 
 
-def entropy_floor(data: DataArguments, seed: int) -> float | None:
-    """Bits per character of the built-in corpus's validation documents under the true generator (the same
-    held-out documents as training uses: corpora.split_documents decides)."""
+def entropy_floor(data: DataArguments, seed: int, documents: int | None = None) -> float | None:
+    """Bits per character of the built-in corpus's held-out documents under the true generator: the same held-out
+    documents as evaluation scores (corpora.split_documents decides which; `documents`: the first that many, as
+    --eval_max_tokens takes them)."""
     if data.dataset_name != "builtin" or not data.validation_split_percentage:
         return None
     docs = generate_corpus(data.builtin_num_documents, seed, data.builtin_languages)
     if data.max_documents:
         docs = docs[: data.max_documents]
-    return corpus_entropy(split_documents(docs, data.validation_split_percentage)[1])["bits_per_char"]
+    held = split_documents(docs, data.validation_split_percentage)[1]
+    return corpus_entropy(held[:documents] if documents else held)["bits_per_char"]
 
 
 # ---------------------------------------------------------------- steps
 
 def _prepare_tokenizer(model_args: ModelArguments, data: DataArguments, tok_args: TokenizerArguments,
                        args: PretrainingArguments) -> tuple[PreTrainedTokenizerBase, dict | None]:
-    if tok_args.tokenizer_name_or_path:
-        return load_tokenizer(tok_args.tokenizer_name_or_path), None
-    if model_args.model_name_or_path:
-        return load_tokenizer(model_args.model_name_or_path), None
-    logger.info("no tokenizer_name_or_path: training a %s tokenizer (vocab %d) on %s first",
-                tok_args.tokenizer_type, tok_args.vocab_size, data.dataset_name)
-    with args.main_process_first(desc="tokenizer training"):
-        return build_tokenizer(data, tok_args, args.seed)
+    with args.main_process_first(local=False, desc="tokenizer"), args.main_process_first(local=True, desc="tokenizer"):
+        return tokenizer_for_run(tok_args.tokenizer_name_or_path, model_args.model_name_or_path, data, tok_args,
+                                 args.seed)
+
+
+def _data(data: DataArguments, tokenizer, args) -> LMData:
+    """The corpus's token shards (prepared once: by the first process, then found by the others on this machine
+    and, on a shared filesystem, on the other machines) as training blocks and a held-out set."""
+    with args.main_process_first(local=False, desc="preparing token shards"), \
+            args.main_process_first(local=True, desc="preparing token shards"):
+        return build_lm_datasets(data, tokenizer, args.seed)
 
 
 def _check_tokenizer(tokenizer, from_scratch: bool) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,11 +111,37 @@ def prepare_run(args) -> RunSetup:
     check_output_dir(args.output_dir, args.overwrite_output_dir, resume=resume is not None)
     token, args.hub_token = args.hub_token, None  # never saved in training_args.bin or logged
     push, args.push_to_hub = args.push_to_hub, False  # we push the final folder ourselves, once
+    _check_shared_output(args, resume)
     device_line = describe_device(args)  # the policy itself ran when the arguments were built
     if device_line.startswith("device: cpu"):
         args.dataloader_pin_memory = False  # pinning needs an accelerator; avoids a warning per epoch
     set_seed(args.seed)
     return RunSetup(resume, push, token, device_line)
+
+
+def _check_shared_output(args, resume: str | None) -> None:
+    """Several machines: checkpoints are written by the main process only, so a machine that cannot see the
+    output folder could not resume. Each machine looks for a file the main process wrote there; where it is
+    missing, that machine's first process saves its own copies (save_on_each_node), said in one line."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= int(os.environ.get("LOCAL_WORLD_SIZE", str(world))):
+        return
+    from accelerate import PartialState
+
+    state = PartialState()
+    marker = Path(args.output_dir) / f".tinyllm-shared-{os.environ.get('MASTER_PORT', '0')}"
+    if state.is_main_process:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("written by the main process to see which machines share this folder\n")
+    state.wait_for_everyone()
+    if not marker.is_file() and not args.save_on_each_node:
+        args.save_on_each_node = True
+        if state.is_local_main_process:
+            logger.warning("%s is not shared with the main machine: this machine keeps its own checkpoints "
+                           "(save_on_each_node); resume needs each machine's folder in place", args.output_dir)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        marker.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- training with recovery
