@@ -111,7 +111,8 @@ def test_every_command_runs_a_stage_module():
     stages = _stages()
     assert {"tinyllm.training.pretrain", "tinyllm.training.sft", "tinyllm.evaluation.eval_stage",
             "tinyllm.data.prepare_stage", "tinyllm.training.plan", "tinyllm.data.tokenizer_stage",
-            "tinyllm.inference.serve", "tinyllm.inference.export", "tinyllm.inference.terminal", "tinyllm.evaluation.compare"} <= stages
+            "tinyllm.inference.serve", "tinyllm.inference.export", "tinyllm.inference.terminal",
+            "tinyllm.evaluation.compare"} <= stages
 
 
 def test_no_stage_imports_another_stage():
