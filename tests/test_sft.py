@@ -241,3 +241,25 @@ def test_label_mask_without_generation_markers(bpe_tokenizer, style):
     from tinyllm.inference.chat import end_of_turn_token
 
     assert end_of_turn_token(tok) == eot
+
+
+def test_sft_data_is_tokenized_once_and_cached(tmp_path, bpe_tokenizer, monkeypatch):
+    """QA rows go through datasets.map with a fingerprint of rows, tokenizer and options: a second run loads the
+    Arrow cache instead of tokenizing again; a changed file is tokenized again."""
+    from tinyllm.config import DataArguments, SFTArguments
+    from tinyllm.data import sft_data
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"{i + 1}."}) + "\n"
+                            for i in range(300)))
+    calls = []
+    real = sft_data.tokenize_conversation
+    monkeypatch.setattr(sft_data, "tokenize_conversation", lambda *a: calls.append(1) or real(*a))
+    data = DataArguments(dataset_name=str(path), validation_split_percentage=10, cache_dir=str(tmp_path / "c"))
+    first = sft_data.build_sft_datasets(data, SFTArguments(), bpe_tokenizer, seed=0)
+    assert len(calls) == 300 and first.stats["train_examples"] == 270 and len(first.eval_conversations) == 30
+    second = sft_data.build_sft_datasets(data, SFTArguments(), bpe_tokenizer, seed=0)
+    assert len(calls) == 300, "the second run tokenized again instead of loading the cache"
+    assert second.train[5] == first.train[5] and second.stats == first.stats
+    sft_data.build_sft_datasets(data, SFTArguments(max_seq_length=64), bpe_tokenizer, seed=0)
+    assert len(calls) == 600  # other options: other cache

@@ -201,13 +201,17 @@ def read_records(path: Path) -> Iterator[tuple[str, dict]]:
         import pyarrow.parquet as pq
 
         try:
-            rows = pq.read_table(path).to_pylist()
+            batches = pq.ParquetFile(path).iter_batches(batch_size=4096)  # record batches: never the whole table
         except Exception as exc:  # pyarrow raises several types for corrupt files
             raise DataError(f"{path}: cannot read parquet ({first_line(exc)}); check the file") from exc
-        yield from ((f"{path} row {i}", r) for i, r in enumerate(rows))
+        i = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                yield f"{path} row {i}", row
+                i += 1
         return
-    text = read_text_file(path)
     if path.suffix.lower() != ".jsonl":
+        text = read_text_file(path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -218,14 +222,22 @@ def read_records(path: Path) -> Iterator[tuple[str, dict]]:
             records = data if isinstance(data, list) else [data]
             yield from ((f"{path} record {i}", r) for i, r in enumerate(records))
             return
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}); fix or remove that line") from exc
-        yield f"{path}:{lineno}", record
+    offset = 0
+    with open(path, "rb") as f:  # JSON lines: one line at a time, never the whole file
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path} is not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset "
+                                f"{offset + exc.start} (line {lineno}); convert the file to UTF-8") from exc
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}); fix or remove that line") from exc
+            yield f"{path}:{lineno}", record
 
 
 def _record_documents(path: Path, text_column: str | None) -> Iterator[str]:

@@ -9,15 +9,16 @@ Accepted layouts (one per row, auto-detected):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from tinyllm.config import DataArguments, SFTArguments
-from tinyllm.data.builtin import generate_qa
+from tinyllm.data.builtin import GENERATOR_VERSION, generate_qa
 from tinyllm.data.corpora import load_hf_split, read_records
-from tinyllm.data.tokenizer import check_unknown_rate
+from tinyllm.data.tokenizer import unknown_rate_warning
 from tinyllm.errors import DataError
 from tinyllm.inference.chat import encode_for_training
 
@@ -98,60 +99,126 @@ class SFTData:
     stats: dict
 
 
-def _encode(rows, tokenizer, max_len: int, truncation: str, system_prompt: str | None):
-    examples, convs = [], []
-    dropped = truncated = 0
-    for where, row in rows:
-        msgs = row_to_messages(row, where, system_prompt)
-        ids, labels = tokenize_conversation(tokenizer, msgs)
-        if len(ids) > max_len:
-            if truncation == "drop":
-                dropped += 1
-                continue
-            ids, labels = ids[:max_len], labels[:max_len]
-            truncated += 1
-            if all(x == -100 for x in labels):
-                dropped += 1
-                continue
-        examples.append({"input_ids": ids, "labels": labels})
-        convs.append(msgs)
-    return examples, convs, dropped, truncated
+def _row_records(dataset_name: str, split: str, config_name: str | None, cache_dir: str | None, stamps):
+    """datasets.Dataset.from_generator's source: (where, row as JSON) one at a time (`stamps`, the files' sizes and
+    modification times, are only part of the cache fingerprint)."""
+    for where, row in load_qa_rows(dataset_name, split, config_name, cache_dir):
+        yield {"where": where, "row": json.dumps(row, ensure_ascii=False, default=str)}
+
+
+def _rows_dataset(data: DataArguments, split: str):
+    """The QA rows of one split as an Arrow-backed datasets.Dataset (memory-mapped, cached by fingerprint): local
+    files are read record by record, never all into Python objects."""
+    import datasets
+
+    path = Path(data.dataset_name).expanduser()
+    if data.dataset_name != "builtin_qa" and not path.exists() and "/" in data.dataset_name \
+            and not data.dataset_name.endswith((".json", ".jsonl", ".parquet")):
+        ds = load_hf_split(data.dataset_name, data.dataset_config_name, split, cache_dir=data.cache_dir)
+        return ds.map(lambda row, i: {"where": f"{data.dataset_name}[{split}][{i}]",
+                                      "row": json.dumps(row, ensure_ascii=False, default=str)},
+                      with_indices=True, remove_columns=ds.column_names, desc="reading QA rows")
+    files = [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []
+    stamps = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+    if data.dataset_name == "builtin_qa":
+        stamps = [("builtin_qa", GENERATOR_VERSION)]
+    cache = str(Path(data.cache_dir) / "datasets") if data.cache_dir else None
+    features = datasets.Features({"where": datasets.Value("string"), "row": datasets.Value("string")})
+    try:
+        return datasets.Dataset.from_generator(_row_records, features=features, cache_dir=cache, gen_kwargs=dict(
+            dataset_name=data.dataset_name, split=split, config_name=data.dataset_config_name,
+            cache_dir=data.cache_dir, stamps=stamps))
+    except datasets.exceptions.DatasetGenerationError as exc:  # the generator's own error, one line for the user
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, DataError):
+            raise cause from exc
+        raise
+
+
+def _encoder(tokenizer, sft: SFTArguments, keep_messages: bool):
+    max_len, unk = sft.max_seq_length, tokenizer.unk_token_id
+
+    def encode(batch):
+        out = {"input_ids": [], "labels": [], "status": [], "length": [], "supervised": [], "unknown": [],
+               "messages": []}
+        for where, raw in zip(batch["where"], batch["row"]):
+            msgs = row_to_messages(json.loads(raw), where, sft.system_prompt)
+            ids, labels = tokenize_conversation(tokenizer, msgs)
+            status = 0
+            if len(ids) > max_len:
+                status = 1 if sft.truncation == "drop" else 2
+                ids, labels = ids[:max_len], labels[:max_len]
+                if status == 2 and all(x == -100 for x in labels):
+                    status = 1
+            out["input_ids"].append(ids)
+            out["labels"].append(labels)
+            out["status"].append(status)
+            out["length"].append(len(ids))
+            out["supervised"].append(sum(1 for x in labels if x != -100))
+            out["unknown"].append(sum(1 for t in ids if t == unk) if unk is not None else 0)
+            out["messages"].append(json.dumps(msgs, ensure_ascii=False) if keep_messages else "")
+        return out
+
+    return encode
+
+
+def _encode(rows, tokenizer, sft: SFTArguments, keep_messages: bool, digest: str):
+    """rows -> input ids and label masks through datasets.map, cached under a fingerprint of the rows, the
+    tokenizer and the options: a second run loads the cache instead of tokenizing again."""
+    fingerprint = hashlib.sha256(json.dumps([rows._fingerprint, digest, sft.max_seq_length, sft.truncation,
+                                             sft.system_prompt, keep_messages, 1]).encode()).hexdigest()[:16]
+    return rows.map(_encoder(tokenizer, sft, keep_messages), batched=True, batch_size=256,
+                    remove_columns=rows.column_names, new_fingerprint=fingerprint, desc="tokenizing QA pairs")
+
+
+def _counts(ds) -> dict:
+    import numpy as np
+
+    status = np.asarray(ds["status"]) if len(ds) else np.zeros(0)
+    return {"dropped": int((status == 1).sum()), "truncated": int((status == 2).sum())}
 
 
 def build_sft_datasets(data: DataArguments, sft: SFTArguments, tokenizer, seed: int = 0) -> SFTData:
-    """Training and held-out examples (held out: the split named, else a seeded share of the rows)."""
-    import datasets
-
-    rows = load_qa_rows(data.dataset_name, data.dataset_split, data.dataset_config_name, data.cache_dir)
+    """Training and held-out examples (held out: the split named, else a seeded share of the rows), tokenized with
+    datasets.map: Arrow-backed and cached, so memory stays flat and a second run does not tokenize again."""
+    digest = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode() + str(tokenizer.chat_template).encode()
+                            ).hexdigest()[:16] if hasattr(tokenizer, "backend_tokenizer") else "slow"
+    rows = _rows_dataset(data, data.dataset_split)
+    if len(rows) == 0:
+        raise DataError(f"{data.dataset_name} has no rows; accepted layouts: {LAYOUTS}")
     if data.validation_split_name or data.dataset_name == "builtin_qa":
-        val_rows = load_qa_rows(data.dataset_name, data.validation_split_name or "test", data.dataset_config_name,
-                                data.cache_dir)
-        train_rows = rows
+        val_rows, train_rows = _rows_dataset(data, data.validation_split_name or "test"), rows
+    elif len(rows) > 1:
+        n_val = max(1, round(len(rows) * (data.validation_split_percentage or 0) / 100))
+        split = rows.train_test_split(test_size=n_val, seed=seed, shuffle=True)
+        train_rows, val_rows = split["train"], split["test"]
     else:
-        order = list(range(len(rows)))
-        random.Random(seed).shuffle(order)
-        n_val = max(1, round(len(rows) * data.validation_split_percentage / 100)) if len(rows) > 1 else 0
-        val_rows = [rows[i] for i in order[:n_val]]
-        train_rows = [rows[i] for i in order[n_val:]]
+        train_rows, val_rows = rows, rows.select([])
     if sft.max_examples:
-        train_rows = train_rows[: sft.max_examples]
-    train, _, dropped, truncated = _encode(train_rows, tokenizer, sft.max_seq_length, sft.truncation,
-                                           sft.system_prompt)
-    val, val_convs, vdropped, vtruncated = _encode(val_rows, tokenizer, sft.max_seq_length, sft.truncation,
-                                                   sft.system_prompt)
-    if dropped or truncated:
-        logger.warning("%d training examples longer than max_seq_length=%d were %s", dropped + truncated,
+        train_rows = train_rows.select(range(min(sft.max_examples, len(train_rows))))
+    train = _encode(train_rows, tokenizer, sft, False, digest)
+    val = _encode(val_rows, tokenizer, sft, True, digest) if len(val_rows) else None
+    tc, vc = _counts(train), _counts(val) if val is not None else {"dropped": 0, "truncated": 0}
+    if tc["dropped"] or tc["truncated"]:
+        logger.warning("%d training examples longer than max_seq_length=%d were %s", tc["dropped"] + tc["truncated"],
                        sft.max_seq_length, "dropped" if sft.truncation == "drop" else "truncated")
-    if not train:
+    train = train.filter(lambda s: [x != 1 for x in s], input_columns="status", batched=True)
+    if len(train) == 0:
         raise DataError(f"no usable training examples in {data.dataset_name} (all {len(train_rows)} rows were longer "
                         f"than max_seq_length={sft.max_seq_length}); raise --max_seq_length or use --truncation "
                         f"truncate")
-    check_unknown_rate(tokenizer, [e["input_ids"] for e in train], f"the SFT data {data.dataset_name}")
-    stats = {"train_examples": len(train), "eval_examples": len(val), "dropped_too_long": dropped + vdropped,
-             "truncated": truncated + vtruncated,
-             "supervised_tokens": sum(sum(1 for x in e["labels"] if x != -100) for e in train)}
-    val_ds = datasets.Dataset.from_list(val) if val else None
-    return SFTData(datasets.Dataset.from_list(train), val_ds, val_convs, stats)
+    unknown_rate_warning(sum(train["unknown"]), sum(train["length"]), f"the SFT data {data.dataset_name}")
+    conversations: list[list[dict]] = []
+    if val is not None:
+        val = val.filter(lambda s: [x != 1 for x in s], input_columns="status", batched=True)
+        conversations = [json.loads(m) for m in val.select(range(min(len(val), 1000)))["messages"]]
+    stats = {"train_examples": len(train), "eval_examples": len(val) if val is not None else 0,
+             "dropped_too_long": tc["dropped"] + vc["dropped"], "truncated": tc["truncated"] + vc["truncated"],
+             "supervised_tokens": int(sum(train["supervised"]))}
+    keep = ["input_ids", "labels"]
+    train = train.select_columns(keep)
+    val = val.select_columns(keep) if val is not None and len(val) else None
+    return SFTData(train, val, conversations, stats)
 
 
 class SFTCollator:
