@@ -92,3 +92,96 @@ def test_sft_two_processes_match_one(tmp_path, tokenizer_dir):
     _launch(1, "recipes/sft.py", args + ["--per_device_train_batch_size", "8"], tmp_path / "one")
     res = _launch(2, "recipes/sft.py", args + ["--per_device_train_batch_size", "4"], tmp_path / "two")
     _compare(tmp_path / "one", tmp_path / "two", res)
+
+
+def _two_machines(args, out, port):
+    """Two "machines" on 127.0.0.1 (accelerate launch --num_machines 2, one process each), started together."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = []
+    for rank in (0, 1):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "multi_cpu.yaml"),
+               "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip",
+               "127.0.0.1", "--main_process_port", str(port), "recipes/pretrain.py", "--ddp_backend", "gloo",
+               *args, "--output_dir", str(out)]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env=env))
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err[-4000:]
+    return results
+
+
+def test_two_machines_on_loopback_match_one_process_and_resume(tmp_path, tokenizer_dir):
+    """num_machines: 2 on 127.0.0.1 reads one set of shards from the shared cache, follows one process's loss at
+    the same global batch, and a resume from its checkpoint reaches the same final curve."""
+    cache = tmp_path / "cache"
+    args = [*TINY_MODEL_ARGS, "--dataset_name", "builtin", "--builtin_num_documents", "400",
+            "--tokenizer_name_or_path", str(tokenizer_dir), "--max_steps", "20", "--eval_steps", "10",
+            "--logging_steps", "2", "--save_steps", "10", "--seed", "7", "--learning_rate", "0.003",
+            "--cache_dir", str(cache)]
+    _launch(1, "recipes/pretrain.py", args + ["--per_device_train_batch_size", "8"], tmp_path / "one")
+    two = tmp_path / "two"
+    results = _two_machines(args + ["--per_device_train_batch_size", "4"], two, 29531)
+    (t1, e1), (t2, e2) = _curves(tmp_path / "one"), _curves(two)
+    assert len(t1) == len(t2) >= 5 and t1 == pytest.approx(t2, rel=TRAIN_RTOL)
+    assert e1 == pytest.approx(e2, abs=EVAL_ATOL)
+    assert len(list((cache / "shards").glob("*/meta.json"))) == 1  # prepared once, found by the other "machine"
+    assert sum(out.count("saved to") for out, _ in results) == 1
+    # resume both machines from the middle checkpoint: the second half of the curve is the same
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    import shutil
+
+    shutil.copytree(two / "checkpoint-10", resumed / "checkpoint-10")
+    _two_machines(args + ["--per_device_train_batch_size", "4", "--resume_from_checkpoint", "true"], resumed, 29533)
+    t3, _ = _curves(resumed)
+    assert t3[-5:] == pytest.approx(t2[-5:], rel=TRAIN_RTOL)
+
+
+READER = r'''
+import json, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, default_data_collator
+from tinyllm.config import DataArguments, ModelArguments
+from tinyllm.data.shards import TrainBlocks, prepare_shards
+from tinyllm.modeling import build_config
+from tinyllm.training.arguments import PretrainingArguments
+
+tok_dir, cache, out = sys.argv[1:4]
+args = PretrainingArguments(output_dir=out, per_device_train_batch_size=4, report_to="none", ddp_backend="gloo",
+                            eval_strategy="no", remove_unused_columns=False,
+                            seed=0)
+with args.main_process_first():
+    shards = prepare_shards(DataArguments(builtin_num_documents=300, cache_dir=cache),
+                            AutoTokenizer.from_pretrained(tok_dir))
+
+class Indexed(TrainBlocks):
+    def __getitem__(self, i):
+        return {**super().__getitem__(i), "index": torch.tensor(i)}
+
+blocks = Indexed(shards, 16)
+tok = AutoTokenizer.from_pretrained(tok_dir)
+model = AutoModelForCausalLM.from_config(build_config(ModelArguments(n_layer=1, n_embd=32, n_head=2), len(tok), 16,
+                                                      tok.bos_token_id, tok.eos_token_id, tok.pad_token_id))
+trainer = Trainer(model=model, args=args, train_dataset=blocks, data_collator=default_data_collator)
+seen = [int(i) for batch in trainer.get_train_dataloader() for i in batch["index"]]
+with open(f"{out}/seen-{args.process_index}.json", "w") as f:
+    json.dump({"rank": args.process_index, "n": len(blocks), "seen": seen}, f)
+'''
+
+
+def test_each_rank_reads_its_own_blocks(tmp_path, tokenizer_dir):
+    """Trainer's sampler over the shard blocks, two processes (torchrun): every block is read by one rank only
+    (apart from the few accelerate repeats to even out the last batch), and together they read all of them."""
+    script = tmp_path / "reader.py"
+    script.write_text(READER)
+    out = tmp_path / "out"
+    out.mkdir()
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29535", str(script), str(tokenizer_dir), str(tmp_path / "cache"), str(out)], cwd=REPO,
+                         capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    a, b = (json.loads((out / f"seen-{r}.json").read_text()) for r in (0, 1))
+    n = a["n"]
+    assert set(a["seen"]) | set(b["seen"]) == set(range(n))
+    assert len(set(a["seen"]) & set(b["seen"])) <= (8 - n % 8) % 8  # only the padding of the last batch
+    assert len(a["seen"]) == len(b["seen"])
