@@ -20,9 +20,9 @@ pytestmark = pytest.mark.slow
 CONFIGS = REPO / "recipes" / "accelerate_configs"
 
 
-def _launch(nproc, script, args, out):
+def _launch(nproc, script, args, out, env=None):
     """1: the one-process config; 2: the README's multi_cpu.yaml command (accelerate launch --config_file ...)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     config = CONFIGS / ("cpu.yaml" if nproc == 1 else "multi_cpu.yaml")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     if nproc > 1:
@@ -61,12 +61,18 @@ def _compare(one, two, res_two):
     assert res_two.stdout.count("saved to") == 1
 
 
-def test_pretraining_two_processes_match_one(tmp_path, tokenizer_dir):
+@pytest.mark.parametrize("chunked", [False, True])
+def test_pretraining_two_processes_match_one(tmp_path, tokenizer_dir, chunked):
+    """chunked: the loss over chunks of tokens (used for large vocabularies) forced on, with gradient accumulation
+    on one process and DDP on two: the same curve."""
     args = [*TINY_MODEL_ARGS, "--dataset_name", "builtin", "--builtin_num_documents", "400",
             "--tokenizer_name_or_path", str(tokenizer_dir), "--max_steps", "20", "--eval_steps", "10",
             "--logging_steps", "2", "--save_steps", "10", "--seed", "7", "--learning_rate", "0.003"]
-    _launch(1, "recipes/pretrain.py", args + ["--per_device_train_batch_size", "8"], tmp_path / "one")
-    res = _launch(2, "recipes/pretrain.py", args + ["--per_device_train_batch_size", "4"], tmp_path / "two")
+    env = {"TINYLLM_CHUNK_MIN_LOGITS": "0"} if chunked else {}
+    one = ["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2"] if chunked else \
+        ["--per_device_train_batch_size", "8"]
+    _launch(1, "recipes/pretrain.py", args + one, tmp_path / "one", env)
+    res = _launch(2, "recipes/pretrain.py", args + ["--per_device_train_batch_size", "4"], tmp_path / "two", env)
     _compare(tmp_path / "one", tmp_path / "two", res)
     assert res.stderr.count("plan:") == 1
 

@@ -219,3 +219,52 @@ def test_quick_exit_commands_keep_their_output_and_exit_status(tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         f"tinyllm generate: error: model folder not found: {tmp_path / 'missing'}; train one first "
         f"(recipes/pretrain.py) or fix the path"]
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "lora"])
+def test_chunked_loss_equals_the_models_own_loss_and_gradients(kind, bpe_tokenizer, monkeypatch, tmp_path):
+    """TinyTrainer's chunked loss (no full logits tensor) gives the loss and the gradients of the model's own
+    loss: plain models, and a LoRA model whose chat-token embedding rows are trained (peft wraps the tied head)."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tinyllm.config import ModelArguments
+    from tinyllm.modeling import build_config
+    from tinyllm.training import chunked_loss
+    from tinyllm.training.arguments import PretrainingArguments
+    from tinyllm.training.callbacks import TinyTrainer
+    from tinyllm.training.sft import build_lora_model, chat_token_ids
+
+    tok = bpe_tokenizer
+    cfg = build_config(ModelArguments(model_type="gpt2" if kind == "gpt2" else "llama", n_layer=2, n_embd=32,
+                                      n_head=2), len(tok), 32, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg)
+    if kind == "lora":
+        lora = SimpleNamespace(use_lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=None,
+                               train_chat_token_embeddings=True)
+        model = build_lora_model(model, lora, chat_token_ids(tok))
+    model.train()
+    ids = torch.randint(5, len(tok), (3, 24))
+    ids[0, :2] = torch.tensor(chat_token_ids(tok))  # the trained rows are used
+    labels = ids.clone()
+    labels[:, :5] = -100  # a masked prompt, as in SFT
+    trainer = TinyTrainer(model=model, args=PretrainingArguments(output_dir=str(tmp_path), report_to="none",
+                                                                 eval_strategy="no"))
+
+    def loss_and_grads(force: bool):
+        monkeypatch.setattr(chunked_loss, "MIN_LOGITS", 0 if force else 1 << 60)
+        monkeypatch.setattr(chunked_loss, "CHUNK_TOKENS", 7)  # several chunks, one with nothing supervised
+        model.zero_grad()
+        loss = trainer.compute_loss(model, {"input_ids": ids, "labels": labels})
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, plain_grads = loss_and_grads(False)
+    chunked, chunked_grads = loss_and_grads(True)
+    assert torch.allclose(plain, chunked, rtol=1e-5)
+    assert plain_grads.keys() == chunked_grads.keys() and plain_grads
+    for name, grad in plain_grads.items():
+        assert torch.allclose(grad, chunked_grads[name], rtol=1e-4, atol=1e-6), name

@@ -13,6 +13,7 @@ from transformers import Trainer, TrainerCallback
 from tinyllm.formatting import fmt_clock
 from tinyllm.inference.generation import generate_text
 from tinyllm.modeling import eval_mode
+from tinyllm.training.chunked_loss import chunked_causal_lm_loss, worth_chunking
 from tinyllm.training.recovery import NonFiniteLossError
 
 __all__ = ["TinyTrainer", "ProgressLogger", "SampleCallback", "DoctorCallback", "InterruptCallback"]
@@ -37,6 +38,20 @@ class TinyTrainer(Trainer):
         self.eval_tokens_per_char = eval_tokens_per_char
         self.entropy_floor = entropy_floor
         self._last = None  # (time, step) of the previous training log
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Training on a large vocabulary: the loss over chunks of tokens (training/chunked_loss.py), never the
+        whole logits tensor; otherwise, and for evaluation, Trainer's own."""
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        if (return_outputs or not model.training or "labels" not in inputs or head is None or self.args.torch_compile
+                or self.label_smoother is not None or not worth_chunking(self.model, inputs["input_ids"])):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, _ = chunked_causal_lm_loss(model, head, inputs, num_items_in_batch if self.model_accepts_loss_kwargs
+                                         else None)
+        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs \
+                and num_items_in_batch is not None:  # as Trainer.compute_loss scales the model's own loss
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        return loss
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         if "eval_loss" in logs and math.isfinite(logs["eval_loss"]):
