@@ -100,6 +100,7 @@ def test_generate_command_streams(trained):
     # (an undertrained model may emit invalid byte sequences, shown as U+FFFD; the streamer's guarantee of never
     # splitting a valid character is tested with real multi-byte characters below)
     assert res.stdout.startswith("从前") and len(res.stdout) > 3
+    assert "\r" not in res.stderr  # stderr is a pipe: no "Loading weights" bar fragments
 
 
 def test_utf8_streamer_never_prints_half_a_character(bpe_tokenizer):

@@ -93,6 +93,7 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path, tokenizer_d
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr
+    assert "\r" not in stderr  # a log off a terminal: no carriage-return bars (the checkpoint's "Writing" included)
     assert "--resume_from_checkpoint true" in stderr
     ckpts = _complete_checkpoints(out)
     assert len(ckpts) == 1 and (ckpts[0] / "optimizer.pt").is_file()
