@@ -140,7 +140,8 @@ COMMANDS: dict[str, Command] = {
     # eval's dataset options default to None: "the run's own corpus and split" (recorded in run_summary.json)
     "eval": Command("evaluate a saved model: bits per byte, built-in tasks, lm-evaluation-harness tasks",
                     (c.EvalArguments, c.DataArguments), _eval, "model",
-                    defaults={"dataset_name": None, "validation_split_percentage": None}),
+                    defaults={"dataset_name": None, "validation_split_percentage": None, "eval_max_tokens": None,
+                              "document_separator": None}),
     "export": Command("export a model to GGUF (llama.cpp, Ollama, LM Studio) with an Ollama Modelfile",
                       (c.ExportArguments,), _export, "model"),
     "serve": Command("serve a model: OpenAI-compatible API (/v1) and a web chat page (/)", (c.ServeArguments,),

@@ -59,7 +59,7 @@ class DataArguments:
         default=None, metadata={"help": "Tokens per training sequence (default: the preset's or the model's context)."}
     )
     max_documents: Optional[int] = field(default=None, metadata={"help": "Use at most this many documents."})
-    document_separator: str = field(default="auto", metadata={
+    document_separator: Optional[str] = field(default="auto", metadata={
         "help": "How a .txt file is cut into documents: auto (<|endoftext|> when present, else blank lines), "
                 "blank_line, eot, none (one document), or a literal string such as '\\n'."})
     eval_max_tokens: Optional[int] = field(default=262144, metadata={

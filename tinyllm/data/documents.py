@@ -205,7 +205,7 @@ class CorpusStream:
 
     def __post_init__(self):
         self.kind, self.files = resolve_corpus(self.data.dataset_name, self.data.cache_dir)
-        self.separator = separator_of(self.data.document_separator)
+        self.separator = separator_of(self.data.document_separator or "auto")
         if self.separator == "auto":
             self.separator = NAMED_SEPARATORS.get(self.data.dataset_name, "auto")
         self.total_bytes = sum(p.stat().st_size for p in self.files) if self.kind == "files" else None

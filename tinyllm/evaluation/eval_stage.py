@@ -45,7 +45,7 @@ def _eval_data_args(args: EvalArguments, data: DataArguments, run: dict) -> Data
         raise ConfigError(f"{args.model} does not say which corpus it was trained on; pass --dataset_name (a corpus "
                           f"name, a file or an HF dataset id) for bits per byte")
     for key in ("validation_split_name", "validation_split_percentage", "text_column", "block_size",
-                "max_documents"):
+                "max_documents", "eval_max_tokens", "document_separator"):
         value = getattr(data, key)
         if value is not None:
             values[key] = value
