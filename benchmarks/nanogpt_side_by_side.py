@@ -120,24 +120,27 @@ def decode_in_process(nano: Path, nano_out: Path, ours: Path, n: int, repeats: i
     return best_t, best_o, best_c, compile_s
 
 
+def _timed(cmd: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(res.stderr[-2000:])
+    return time.perf_counter() - start
+
+
+def _ours_generate(ours: Path, n: int, extra: tuple = ()) -> list[str]:
+    """`tinyllm generate` with sample.py's settings (temperature 0.8, top-k 200, nothing else)."""
+    return [sys.executable, "-m", "tinyllm", "generate", "--model", str(ours), "--prompt", "\n", "--max_new_tokens",
+            str(n), "--temperature", "0.8", "--top_k", "200", "--top_p", "1.0", "--repetition_penalty", "1.0", *extra]
+
+
 def whole_command(nano: Path, nano_out: Path, ours: Path, repeats: int) -> tuple[float, float]:
     theirs = [sys.executable, "sample.py", f"--out_dir={nano_out}", "--device=cpu", "--num_samples=10",
               "--max_new_tokens=500"]
-    mine = [sys.executable, "-m", "tinyllm", "generate", "--model", str(ours), "--prompt", "\n", "--num_samples", "10",
-            "--max_new_tokens", "500", "--temperature", "0.8", "--top_k", "200", "--top_p", "1.0",
-            "--repetition_penalty", "1.0"]  # sample.py's settings
+    mine = _ours_generate(ours, 500, ("--num_samples", "10"))
     best_t = best_o = float("inf")
     for _ in range(repeats):
-        for cmd, cwd, which in ((theirs, nano, "t"), (mine, REPO, "o")):
-            start = time.perf_counter()
-            res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-            took = time.perf_counter() - start
-            if res.returncode:
-                raise RuntimeError(res.stderr[-2000:])
-            if which == "t":
-                best_t = min(best_t, took)
-            else:
-                best_o = min(best_o, took)
+        best_t, best_o = min(best_t, _timed(theirs, nano)), min(best_o, _timed(mine, REPO))
     return best_t, best_o
 
 
@@ -152,22 +155,11 @@ def streamed_command(nano: Path, nano_out: Path, ours: Path, n: int, repeats: in
 
     theirs = [sys.executable, "sample.py", f"--out_dir={nano_out}", "--device=cpu", "--num_samples=1",
               f"--max_new_tokens={n}"]
-    mine = [sys.executable, "-m", "tinyllm", "generate", "--model", str(ours), "--prompt", "\n", "--max_new_tokens",
-            str(n), "--temperature", "0.8", "--top_k", "200", "--top_p", "1.0", "--repetition_penalty", "1.0"]
     model, tok = load_model_folder(str(ours), device="cpu")
     model.eval()
     best_t = best_o = best_in = float("inf")
     for _ in range(repeats):
-        for cmd, cwd, which in ((theirs, nano, "t"), (mine, REPO, "o")):
-            start = time.perf_counter()
-            res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-            took = time.perf_counter() - start
-            if res.returncode:
-                raise RuntimeError(res.stderr[-2000:])
-            if which == "t":
-                best_t = min(best_t, took)
-            else:
-                best_o = min(best_o, took)
+        best_t, best_o = min(best_t, _timed(theirs, nano)), min(best_o, _timed(_ours_generate(ours, n), REPO))
         torch.manual_seed(0)
         start = time.perf_counter()
         generate_ids(model, tok("\n")["input_ids"], n, eos=[tok.pad_token_id], **SAMPLING)

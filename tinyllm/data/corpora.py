@@ -222,22 +222,31 @@ def read_records(path: Path) -> Iterator[tuple[str, dict]]:
             records = data if isinstance(data, list) else [data]
             yield from ((f"{path} record {i}", r) for i, r in enumerate(records))
             return
+    for where, record, _ in jsonl_records(path):
+        yield where, record
+
+
+def jsonl_records(path: Path, progress=None) -> Iterator[tuple[str, dict, int]]:
+    """(where, record, byte offset of its line) of a JSON-lines file, one line at a time (never the whole file);
+    `progress(n)` is told the bytes read. Errors name the file, line and byte offset."""
     offset = 0
-    with open(path, "rb") as f:  # JSON lines: one line at a time, never the whole file
+    with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
+            at, offset = offset, offset + len(raw)
+            if progress is not None:
+                progress(len(raw))
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise DataError(f"{path} is not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset "
-                                f"{offset + exc.start} (line {lineno}); convert the file to UTF-8") from exc
-            offset += len(raw)
+                                f"{at + exc.start} (line {lineno}); convert the file to UTF-8") from exc
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}); fix or remove that line") from exc
-            yield f"{path}:{lineno}", record
+            yield f"{path}:{lineno}", record, at
 
 
 def _record_documents(path: Path, text_column: str | None) -> Iterator[str]:

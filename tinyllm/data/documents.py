@@ -19,7 +19,6 @@ The held-out split, the one rule for every stage (tokenizer report, shards, the 
 from __future__ import annotations
 
 import collections
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from tinyllm.data.corpora import (
     EOT_MARKER,
     _record_text,
     hf_text_column,
+    jsonl_records,
     load_hf_split,
     read_records,
     resolve_corpus,
@@ -164,27 +164,10 @@ def _record_file_documents(path: Path, text_column: str | None, progress=None) -
                 progress(int(size * batch.num_rows / rows))
         return
     if suffix == ".jsonl":
-        offset = 0
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                at = offset
-                offset += len(raw)
-                if progress is not None:
-                    progress(len(raw))
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise DataError(f"{path}:{lineno} is not valid UTF-8 (byte offset {at + exc.start}); convert "
-                                    f"the file to UTF-8") from exc
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}); fix or remove that line") from exc
-                doc = _record_text(rec, text_column, f"{path}:{lineno}")
-                if doc and doc.strip():
-                    yield doc, at / size
+        for where, rec, at in jsonl_records(path, progress):
+            doc = _record_text(rec, text_column, where)
+            if doc and doc.strip():
+                yield doc, at / size
         return
     records = list(read_records(path))
     if progress is not None:

@@ -24,7 +24,6 @@ from tinyllm.data.corpora import describe_source, split_documents
 from tinyllm.data.packing import LMData, build_lm_datasets
 from tinyllm.data.tokenizer import check_pretraining_tokenizer, tokenizer_for_run
 from tinyllm.device import compile_loader_settings
-from tinyllm.errors import ConfigError
 from tinyllm.evaluation.report import RunSummary, write_run_report
 from tinyllm.evaluation.scoring import mean_token_loss
 from tinyllm.hub import (
@@ -139,19 +138,6 @@ def _data(data: DataArguments, tokenizer, args) -> LMData:
     with args.main_process_first(local=False, desc="preparing token shards"), \
             args.main_process_first(local=True, desc="preparing token shards"):
         return build_lm_datasets(data, tokenizer, args.seed)
-
-
-def _check_tokenizer(tokenizer, from_scratch: bool) -> None:
-    if tokenizer.eos_token_id is None:
-        raise ConfigError("the tokenizer has no eos token, so documents cannot be separated when packing; set "
-                          "eos_token in its tokenizer_config.json or train one with tinyllm")
-    if not from_scratch:
-        return  # a model someone else trained keeps its own tokenizer (GPT-2 has no pad token and bos == eos)
-    if not tokenizer.bos_token or not tokenizer.pad_token:
-        raise ConfigError("the tokenizer needs bos, eos and pad tokens; train it with tinyllm")
-    if tokenizer.pad_token_id == tokenizer.eos_token_id:
-        raise ConfigError("the tokenizer's pad token equals its eos token, so padding masks would hide the end of "
-                          "texts; train the tokenizer with tinyllm (it reserves a separate <|pad|>)")
 
 
 def _load_model(model_args: ModelArguments, tokenizer, data: DataArguments, args) -> PreTrainedModel:
