@@ -139,7 +139,8 @@ def shakespeare(work: Path, repo: Path, out: str, steps: int) -> float:
            "--output_dir", str(work / out), "--overwrite_output_dir", "true", "--report_to", "none",
            "--max_steps", str(steps), "--logging_steps", "50", "--eval_steps", str(steps), "--save_steps", "100000",
            "--plot_loss", "false", "--torch_compile", "false", "--cache_dir", str(work / f"cache_{out}")]
-    timed(cmd, cwd=repo, env={"PYTHONPATH": str(repo)})
+    # Tiny Shakespeare from ../shared/data (the named corpus's mirror layout) rather than a download
+    timed(cmd, cwd=repo, env={"PYTHONPATH": str(repo), "TINYLLM_CORPUS_MIRROR": f"file://{SOURCE.parents[1]}"})
     return tokens_per_second(work / out)
 
 
