@@ -278,3 +278,17 @@ def test_launch_settings_that_would_do_something_else(env, needle, monkeypatch, 
         monkeypatch.setenv(key, value)
     with pytest.raises(ConfigError, match=needle):
         PretrainingArguments(output_dir=str(tmp_path), report_to="none")
+
+
+@pytest.mark.parametrize("separator", ["<|endoftext|>", "\n\n\n", "\n###\n"])
+def test_the_held_out_tail_is_measured_in_real_bytes(tmp_path, separator):
+    """Each document's start is its exact byte offset (separators counted at their length), so the held-out tail
+    is the last % of the file whatever the separator."""
+    docs = [f"doc {i} about é and 猫" for i in range(200)]
+    path = tmp_path / "c.txt"
+    path.write_text(separator.join(docs))
+    mode = "auto" if separator == "<|endoftext|>" else "blank_line" if separator == "\n\n\n" else "\\n###\\n"
+    out = _stream(path, document_separator=mode, validation_split_percentage=10)
+    assert [d for d, _ in out] == docs
+    held = [d for d, v in out if v]
+    assert 18 <= len(held) <= 22 and held == docs[-len(held):]

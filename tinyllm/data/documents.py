@@ -120,25 +120,26 @@ def text_file_documents(path: Path, separator: str, progress=None) -> Iterator[t
         if text.strip():
             yield text, 0
         return
-    split = _BLANK.split if mode == "blank_line" else (lambda s: s.split(EOT_MARKER if mode == "eot" else mode))
+    sep = _BLANK if mode == "blank_line" else re.compile(re.escape(EOT_MARKER if mode == "eot" else mode))
+
+    def clean(piece: str) -> str:
+        return piece.strip() if mode == "eot" else piece.strip("\n")
+
     buf, buf_at = "", 0  # text not yet cut, and the byte offset where it starts
     for text, start in _decoded_chunks(path, progress):
         if not buf:
             buf_at = start
         buf += text
-        pieces = split(buf)
-        consumed = buf_at
-        for piece in pieces[:-1]:
-            doc = piece.strip("\n") if mode != "eot" else piece.strip()
-            if doc.strip():
-                yield doc, consumed
-            consumed += len(piece.encode("utf-8")) + 1  # approximate: the separator's bytes are small
-        if len(pieces) > 1:
-            buf_at = consumed
-        buf = pieces[-1]
-    doc = buf.strip("\n") if mode != "eot" else buf.strip()
-    if doc.strip():
-        yield doc, buf_at
+        pos = 0
+        for match in sep.finditer(buf):
+            piece = buf[pos:match.start()]
+            if clean(piece).strip():
+                yield clean(piece), buf_at
+            buf_at += len(piece.encode("utf-8")) + len(match.group().encode("utf-8"))
+            pos = match.end()
+        buf = buf[pos:]
+    if clean(buf).strip():
+        yield clean(buf), buf_at
 
 
 def _record_file_documents(path: Path, text_column: str | None, progress=None) -> Iterator[tuple[str, float]]:
