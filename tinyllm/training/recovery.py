@@ -129,7 +129,9 @@ def _check_shared_output(args, resume: str | None) -> None:
     from accelerate import PartialState
 
     state = PartialState()
-    marker = Path(args.output_dir) / f".tinyllm-shared-{os.environ.get('MASTER_PORT', '0')}"
+    out = Path(args.output_dir).resolve()
+    # beside the output folder, not in it: another process may be checking that the folder is empty right now
+    marker = out.parent / f".{out.name}.tinyllm-shared-{os.environ.get('MASTER_PORT', '0')}"
     if state.is_main_process:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("written by the main process to see which machines share this folder\n")
