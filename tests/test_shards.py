@@ -159,7 +159,7 @@ def test_builtin_held_out_documents_are_the_entropy_floors(bpe_tokenizer, tmp_pa
 
 
 def test_prepare_is_found_again_and_redone_for_an_old_format(corpus, bpe_tokenizer, tmp_path, caplog):
-    from tinyllm.data.shards import prepare_shards
+    from tinyllm.data.shards import FORMAT_VERSION, prepare_shards
 
     data = _data(dataset_name=str(corpus), cache_dir=str(tmp_path / "c"))
     first = prepare_shards(data, bpe_tokenizer)
@@ -171,7 +171,7 @@ def test_prepare_is_found_again_and_redone_for_an_old_format(corpus, bpe_tokeniz
     (first.folder / "meta.json").write_text(json.dumps(meta))
     with caplog.at_level("WARNING", logger="tinyllm"):
         again = prepare_shards(data, bpe_tokenizer)
-    assert again.meta["format"] == 1 and any("older shard format" in r.getMessage() for r in caplog.records)
+    assert again.meta["format"] == FORMAT_VERSION and any("older shard format" in r.getMessage() for r in caplog.records)
     other = bpe_tokenizer.__class__(tokenizer_object=bpe_tokenizer.backend_tokenizer, bos_token="<|pad|>",
                                     eos_token=bpe_tokenizer.eos_token)
     assert prepare_shards(data, other).folder != first.folder  # another tokenizer: other shards

@@ -46,7 +46,7 @@ __all__ = ["FORMAT_VERSION", "SHARD_TOKENS", "Shards", "prepare_shards", "shard_
            "ValidationBlocks"]
 
 logger = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: documents start at their exact byte offsets (the held-out tail)
 SHARD_TOKENS = 1 << 25  # 33.5M tokens: 64 MB of uint16 per file
 BATCH_BYTES = 4 << 20  # text per encode_batch call (the tokenizers library spreads it over all cores)
 
