@@ -171,7 +171,8 @@ def test_prepare_is_found_again_and_redone_for_an_old_format(corpus, bpe_tokeniz
     (first.folder / "meta.json").write_text(json.dumps(meta))
     with caplog.at_level("WARNING", logger="tinyllm"):
         again = prepare_shards(data, bpe_tokenizer)
-    assert again.meta["format"] == FORMAT_VERSION and any("older shard format" in r.getMessage() for r in caplog.records)
+    assert again.meta["format"] == FORMAT_VERSION
+    assert any("older shard format" in r.getMessage() for r in caplog.records)
     other = bpe_tokenizer.__class__(tokenizer_object=bpe_tokenizer.backend_tokenizer, bos_token="<|pad|>",
                                     eos_token=bpe_tokenizer.eos_token)
     assert prepare_shards(data, other).folder != first.folder  # another tokenizer: other shards
