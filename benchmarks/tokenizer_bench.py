@@ -17,18 +17,16 @@ from pathlib import Path
 
 
 def load_corpus(data_dir: Path) -> list[str]:
-    from tinyllm.data.corpora import iter_documents
+    from tinyllm.config import DataArguments
+    from tinyllm.data.documents import iter_documents
 
+    # plain text without <|endoftext|> is cut into paragraphs at blank lines, so both trainers see many sentences
     docs = []
-    for path in [data_dir / "tiny_shakespeare" / "input.txt", data_dir / "tinystories"]:
-        docs += list(iter_documents(str(path)))
-    docs += list(iter_documents(str(data_dir / "chinese_poetry")))
-    docs += list(iter_documents(str(data_dir / "sft_en" / "alpaca_en_demo.jsonl"), text_column="output"))
-    # split long single-document files into paragraphs so both trainers see many sentences
-    out = []
-    for d in docs:
-        out += [p for p in d.split("\n\n") if p.strip()] if len(d) > 100_000 else [d]
-    return out
+    for path in [data_dir / "tiny_shakespeare" / "input.txt", data_dir / "tinystories", data_dir / "chinese_poetry"]:
+        docs += list(iter_documents(DataArguments(dataset_name=str(path))))
+    docs += list(iter_documents(DataArguments(dataset_name=str(data_dir / "sft_en" / "alpaca_en_demo.jsonl"),
+                                              text_column="output")))
+    return docs
 
 
 def main() -> int:

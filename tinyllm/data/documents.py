@@ -19,6 +19,7 @@ The held-out split, the one rule for every stage (tokenizer report, shards, the 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,8 @@ from tinyllm.data.corpora import (
 )
 from tinyllm.errors import ConfigError, DataError
 
-__all__ = ["CorpusStream", "SEPARATORS", "STREAMING_VALIDATION_DOCS", "separator_of", "text_file_documents"]
+__all__ = ["CorpusStream", "SEPARATORS", "STREAMING_VALIDATION_DOCS", "iter_documents", "separator_of",
+           "text_file_documents"]
 
 SEPARATORS = ("auto", "blank_line", "eot", "none")
 STREAMING_VALIDATION_DOCS = 200
@@ -324,3 +326,11 @@ class CorpusStream:
         yield first
         yield second
         yield from it
+
+
+def iter_documents(data: DataArguments, seed: int = 0) -> Iterator[str]:
+    """Every document of a corpus in order, none held out and none split (tools, benchmarks and tests; the stages
+    read CorpusStream, which also marks the held-out ones)."""
+    whole = dataclasses.replace(data, validation_split_percentage=0)
+    for text, _ in CorpusStream(whole, seed):
+        yield text
