@@ -97,11 +97,12 @@ def _decoded_chunks(path: Path, progress=None) -> Iterator[tuple[str, int]]:
                     f"{path} is not valid UTF-8: byte 0x{data[exc.start]:02x} at offset {offset + exc.start}; "
                     f"convert it first, e.g. iconv -f GBK -t UTF-8 {path.name} > fixed.txt (or -f latin1, cp1252, "
                     f"...)") from exc
-            if offset == 0:
-                text = text.removeprefix("\ufeff")
+            start = offset
+            if offset == 0 and text.startswith("\ufeff"):  # a BOM: dropped, its 3 bytes still counted
+                text, start = text[1:], 3
             if progress is not None:
                 progress(len(chunk))
-            yield text, offset
+            yield text, start
             leftover, offset = data[cut:], offset + cut
     if leftover:
         raise DataError(f"{path} is not valid UTF-8: it ends in the middle of a character (offset {offset}); "

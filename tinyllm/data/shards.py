@@ -212,14 +212,12 @@ def _write(stream: CorpusStream, tokenizer, key: str, folder: Path) -> Shards:
             batch.append((text, is_val))
             size += len(text)
             if size >= BATCH_BYTES:
+                flush(batch)
                 if not checked:  # the disk check, from the tokens per byte of the first batch
-                    flush(batch)
                     measured = sum(t["tokens"] for t in totals.values()) / max(sum(t["bytes"] for t in
                                                                                 totals.values()), 1)
                     _check_disk(stream, tmp, dtype.itemsize, measured)
                     checked = True
-                else:
-                    flush(batch)
                 batch, size = [], 0
                 bar.update_to(stream.bytes_read)
         if batch:

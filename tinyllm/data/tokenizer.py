@@ -221,13 +221,14 @@ def tokenizer_report(tokenizer, heldout: list[str], train_seconds: float, tokeni
     return report
 
 
-def build_tokenizer(data: DataArguments, tok_args: TokenizerArguments, seed: int = 0):
+def build_tokenizer(data: DataArguments, tok_args: TokenizerArguments, seed: int = 0,
+                    stream: CorpusStream | None = None):
     """Train a tokenizer on the corpus; return (tokenizer, report). Streamed: BPE merges are learned on a sample
     of the training documents of at most `tokenizer_sample_bytes` (documents kept at random, by seed, when the
     corpus is bigger), so memory and time stay bounded however big the corpus; a char vocabulary covers every
     character of the corpus (as nanoGPT's shakespeare_char builds it from the whole file). The report measures
-    compression on up to 4 MB of the held-out documents."""
-    stream = CorpusStream(data, seed)
+    compression on up to 4 MB of the held-out documents. `stream`: the corpus already resolved (not again)."""
+    stream = stream or CorpusStream(data, seed)
     budget = tok_args.tokenizer_sample_bytes or float("inf")
     keep = 1.0 if not stream.total_bytes or stream.total_bytes <= budget else budget / stream.total_bytes
     rng = random.Random(seed)
@@ -269,15 +270,15 @@ def trained_tokenizer(data: DataArguments, tok_args: TokenizerArguments, seed: i
     options and the seed): `tinyllm prepare` and `tinyllm pretrain` on the same corpus train it once."""
     from transformers import AutoTokenizer
 
-    spec = {"corpus": CorpusStream(data, seed).fingerprint(), "options": dataclasses.asdict(tok_args), "seed": seed,
-            "format": 1}
+    stream = CorpusStream(data, seed)
+    spec = {"corpus": stream.fingerprint(), "options": dataclasses.asdict(tok_args), "seed": seed, "format": 1}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
     folder = cache_root(data.cache_dir) / "tokenizers" / key
     if (folder / "tokenizer_report.json").is_file():
         logger.info("tokenizer trained earlier on this corpus with these options: %s", folder)
         report = json.loads((folder / "tokenizer_report.json").read_text(encoding="utf-8"))
         return AutoTokenizer.from_pretrained(folder, trust_remote_code=False), report
-    tokenizer, report = build_tokenizer(data, tok_args, seed)
+    tokenizer, report = build_tokenizer(data, tok_args, seed, stream)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     tokenizer.save_pretrained(tmp)
