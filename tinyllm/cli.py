@@ -4,6 +4,8 @@
     tinyllm prepare --config recipes/configs/tinystories.yaml --dataset_name big.txt
     tinyllm pretrain --config recipes/configs/quickstart.yaml
     tinyllm sft --config recipes/configs/sft_quickstart.yaml
+    tinyllm dpo --config recipes/configs/dpo_quickstart.yaml
+    tinyllm grpo --config recipes/configs/grpo_arithmetic.yaml
     tinyllm generate --model outputs/quickstart --prompt "Once upon a time"
     tinyllm chat --model outputs/sft_quickstart
     tinyllm plan --config recipes/configs/tinystories.yaml
@@ -64,6 +66,18 @@ def _sft(*objs):
     from tinyllm.training.sft import run_sft
 
     return run_sft(*objs)
+
+
+def _dpo(*objs):
+    from tinyllm.training.dpo import run_dpo
+
+    return run_dpo(*objs)
+
+
+def _grpo(*objs):
+    from tinyllm.training.grpo import run_grpo
+
+    return run_grpo(*objs)
 
 
 def _generate(*objs):
@@ -132,6 +146,16 @@ COMMANDS: dict[str, Command] = {
     "sft": Command("instruction-tune a pretrained model with LoRA on question-answer pairs",
                    (c.SFTModelArguments, c.DataArguments, c.SFTArguments, c.LoraArguments, c.SFTTrainingOptions),
                    _sft, defaults={"dataset_name": "builtin_qa", "validation_split_percentage": 10.0}),
+    "dpo": Command("preference-tune a chat model (DPO through TRL, LoRA) on chosen/rejected answer pairs",
+                   (c.PostTrainingModelArguments, c.DataArguments, c.PreferenceArguments, c.LoraArguments,
+                    c.DPOTrainingOptions), _dpo,
+                   defaults={"dataset_name": "builtin", "validation_split_percentage": 10.0}),
+    "grpo": Command("RL with verifiable rewards (GRPO through TRL): sample answers, reward the right ones",
+                    (c.PostTrainingModelArguments, c.DataArguments, c.GRPOArguments, c.LoraArguments,
+                     c.GRPOTrainingOptions), _grpo,
+                    # full fine-tuning by default: measured better than LoRA on small models (see README)
+                    defaults={"dataset_name": "builtin_arithmetic", "validation_split_percentage": 10.0,
+                              "model_name_or_path": "outputs/sft_arithmetic", "use_lora": False}),
     "generate": Command("sample text from a saved model (streams to the terminal)", (c.GenerationArguments,),
                         _generate, "model"),
     "chat": Command("chat with an instruction-tuned model in the terminal", (c.GenerationArguments,), _chat, "model"),
@@ -150,7 +174,7 @@ COMMANDS: dict[str, Command] = {
                       _report, "runs"),
     "presets": Command("list the model size presets", (), _presets),
 }
-TRAINING_OPTIONS = (c.PretrainTrainingOptions, c.SFTTrainingOptions)
+TRAINING_OPTIONS = (c.PretrainTrainingOptions, c.SFTTrainingOptions, c.DPOTrainingOptions, c.GRPOTrainingOptions)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -199,6 +223,11 @@ def _runtime_types(option_types: Sequence[type]) -> list[type]:
     """The types to parse into: training options become their TrainingArguments subclass (imports transformers)."""
     if not any(t in TRAINING_OPTIONS for t in option_types):
         return list(option_types)
+    if any(t in (c.DPOTrainingOptions, c.GRPOTrainingOptions) for t in option_types):
+        from tinyllm.training.trl_arguments import DPOTrainingArguments, GRPOTrainingArguments  # imports TRL
+
+        trl_types = {c.DPOTrainingOptions: DPOTrainingArguments, c.GRPOTrainingOptions: GRPOTrainingArguments}
+        return [trl_types.get(t, t) for t in option_types]
     from tinyllm.training.arguments import training_arguments_class
 
     return [training_arguments_class(t) if t in TRAINING_OPTIONS else t for t in option_types]

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 from tinyllm.errors import ConfigError
 
-__all__ = ["ANIMALS", "generate_corpus", "corpus_entropy", "generate_qa", "BuiltinDoc", "GENERATOR_VERSION"]
+__all__ = ["ANIMALS", "generate_corpus", "corpus_entropy", "generate_qa", "generate_arithmetic", "parse_integer",
+           "BuiltinDoc", "GENERATOR_VERSION"]
 
-GENERATOR_VERSION = 2  # bump when the grammar changes: it is part of the cache fingerprint
+GENERATOR_VERSION = 5  # bump when the grammar changes: it is part of the cache fingerprint
 
 # animal: (English sound, food, home), (Chinese name, sound, food, home)
 ANIMALS = {
@@ -230,3 +231,37 @@ def generate_qa(seed: int = 0, heldout_fraction: float = 0.2, languages: str = "
             {"role": "user", "content": second["question"]}, {"role": "assistant", "content": second["answer"]}],
             "animal": second["animal"], "kind": second["kind"], "language": second["language"]})
     return splits
+
+
+ARITHMETIC_PHRASINGS = {
+    "en": {"+": ["What is {a} + {b}?", "{a} + {b} = ?"], "-": ["What is {a} - {b}?", "{a} - {b} = ?"]},
+    "zh": {"+": ["{a} 加 {b} 等于几？", "{a} + {b} 等于多少？"], "-": ["{a} 减 {b} 等于几？", "{a} - {b} 等于多少？"]},
+}
+
+
+def generate_arithmetic(seed: int = 0, heldout_fraction: float = 0.2, max_operand: int = 9,
+                        languages: str = "en,zh") -> dict[str, list[dict]]:
+    """The built-in task with exact answers, `builtin_arithmetic`: sums and differences of whole numbers from 0 to
+    `max_operand` (differences never negative), asked in English and Chinese; the answer is the number alone.
+    Held-out problems are whole (a, op, b) triples, so no phrasing of a test problem is ever trained on."""
+    langs = [x.strip() for x in languages.split(",") if x.strip()]
+    problems = [(a, op, b) for a in range(max_operand + 1) for b in range(max_operand + 1) for op in "+-"
+                if op == "+" or a >= b]
+    random.Random(seed).shuffle(problems)
+    test = set(problems[: max(1, round(len(problems) * heldout_fraction))])
+    out: dict[str, list[dict]] = {"train": [], "test": []}
+    for a, op, b in sorted(problems):
+        answer = str(a + b if op == "+" else a - b)
+        split = "test" if (a, op, b) in test else "train"
+        for lang in langs:
+            for q in ARITHMETIC_PHRASINGS[lang][op]:
+                out[split].append({"question": q.format(a=a, b=b), "answer": answer, "language": lang})
+    return out
+
+
+def parse_integer(text: str) -> int | None:
+    """The answer of a completion when it is a whole number and nothing else (spaces and a final period aside)."""
+    t = text.strip().rstrip("。.").strip()
+    if t.startswith("-"):
+        return -int(t[1:]) if t[1:].isascii() and t[1:].isdigit() else None
+    return int(t) if t.isascii() and t.isdigit() else None

@@ -22,7 +22,14 @@ from tinyllm.device import detect_device
 from tinyllm.errors import ConfigError
 from tinyllm.evaluation.report import SUMMARY_FILE, render_report
 from tinyllm.evaluation.scoring import heldout_bits_per_byte
-from tinyllm.evaluation.tasks import BUILTIN_TASKS, builtin_cloze, lm_eval_tasks, sft_metrics, task_manager
+from tinyllm.evaluation.tasks import (
+    BUILTIN_TASKS,
+    arithmetic_metrics,
+    builtin_cloze,
+    lm_eval_tasks,
+    sft_metrics,
+    task_manager,
+)
 from tinyllm.inference.chat import is_chat_model
 from tinyllm.inference.generation import seed_everything
 from tinyllm.io import atomic_file
@@ -69,9 +76,10 @@ def run_eval(args: EvalArguments, data: DataArguments) -> dict:
     chat = is_chat_model(model, tokenizer)
     tasks = _tasks(args, data, chat, bool(run.get("data")))
     results: list[dict] = []
-    if "sft" in tasks and not chat:  # checked before any task runs, as unknown task names are
-        raise ConfigError(f"task 'sft' needs a chat model (instruction-tuned with tinyllm sft); {args.model} "
-                          f"is a base model")
+    for needs_chat in ("sft", "builtin_arithmetic"):  # checked before any task runs, as unknown task names are
+        if needs_chat in tasks and not chat:
+            raise ConfigError(f"task '{needs_chat}' needs a chat model (instruction-tuned with tinyllm sft); "
+                              f"{args.model} is a base model")
     harness = [t for t in tasks if t not in BUILTIN_TASKS]
     manager = task_manager(harness, args.include_path) if harness else None
     for task in tasks:
@@ -92,6 +100,10 @@ def run_eval(args: EvalArguments, data: DataArguments) -> dict:
             for r in sft_metrics(model, tokenizer):
                 results.append(r)
                 print(f"{r['task']}: {r['metric']} {r['value']:.3f}")
+        elif task == "builtin_arithmetic":
+            for r in arithmetic_metrics(model, tokenizer, args.pass_k, args.pass_k_temperature, args.seed):
+                results.append(r)
+                print(f"{r['task']}: {r['metric']} {r['value']:.3f} ({r['n']} held-out problems)")
     if harness:
         for r in lm_eval_tasks(model, tokenizer, harness, manager, args.batch_size, args.limit):
             results.append(r)

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import random
 
-from tinyllm.data.builtin import ANIMALS, generate_qa
+from tinyllm.data.builtin import ANIMALS, generate_arithmetic, generate_qa
 from tinyllm.data.sft_data import load_qa_rows, row_to_messages
 from tinyllm.data.tokenizer import language_of
 from tinyllm.errors import ConfigError, DataError, first_line, suggest
+from tinyllm.evaluation.rewards import pass_at_k
 from tinyllm.evaluation.scoring import evaluate_answers, score_choices
 
-__all__ = ["BUILTIN_TASKS", "builtin_cloze_items", "builtin_cloze", "sft_metrics", "task_manager", "lm_eval_tasks"]
+__all__ = ["BUILTIN_TASKS", "builtin_cloze_items", "builtin_cloze", "sft_metrics", "arithmetic_metrics", "task_manager",
+           "lm_eval_tasks"]
 
-BUILTIN_TASKS = ("bpb", "builtin_cloze", "sft")
+BUILTIN_TASKS = ("bpb", "builtin_cloze", "sft", "builtin_arithmetic")
 
 
 # ---------------------------------------------------------------- built-in cloze
@@ -90,6 +92,23 @@ def sft_metrics(model, tokenizer) -> list[dict]:
     return out
 
 
+def arithmetic_metrics(model, tokenizer, k: int = 1, temperature: float = 1.0, seed: int = 0) -> list[dict]:
+    """pass@1 (greedy) on every held-out problem of the built-in arithmetic task (and pass@k, k answers sampled
+    at `temperature`, when k > 1), overall and per language of the question."""
+    rows = generate_arithmetic()["test"]
+    out = []
+    for lang in (None, "en", "zh"):
+        sub = [r for r in rows if lang is None or r["language"] == lang]
+        res = pass_at_k(model, tokenizer, [[{"role": "user", "content": r["question"]}] for r in sub],
+                        [r["answer"] for r in sub], k=k, temperature=temperature, seed=seed)
+        name = "builtin_arithmetic" + (f"_{lang}" if lang else "")
+        out.append({"task": name, "metric": "pass@1", "value": round(res["pass@1"], 4), "n": res["n"]})
+        if k > 1:
+            out.append({"task": name, "metric": f"pass@{k}", "value": round(res[f"pass@{k}"], 4), "n": res["n"],
+                        "temperature": temperature})
+    return out
+
+
 # ---------------------------------------------------------------- lm-evaluation-harness
 
 def task_manager(tasks: list[str], include_path: str | None):
@@ -105,7 +124,8 @@ def task_manager(tasks: list[str], include_path: str | None):
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise ConfigError(f"unknown task '{unknown[0]}'{suggest(unknown[0], list(BUILTIN_TASKS) + manager.all_tasks)}"
-                          f"; use bpb, builtin_cloze, sft or an lm_eval task name (lm_eval ls tasks)")
+                          f"; use bpb, builtin_cloze, sft, builtin_arithmetic or an lm_eval task name "
+                          f"(lm_eval ls tasks)")
     return manager
 
 

@@ -30,8 +30,8 @@ class PretrainingArguments(PretrainTrainingOptions, TrainingArguments):
         if self.matrix_optimizer not in MATRIX_OPTIMIZERS:
             raise ConfigError(f"matrix_optimizer must be one of {', '.join(MATRIX_OPTIMIZERS)}, got "
                               f"'{self.matrix_optimizer}'" + suggest(self.matrix_optimizer, MATRIX_OPTIMIZERS))
-        _check_scheduler_kwargs(self)
-        _check_report_to(self)
+        check_scheduler_kwargs(self)
+        check_report_to(self)
         check_launch(self)  # before TrainingArguments joins the process group
         declare_cpu(self)  # before TrainingArguments resolves its device
         apply_precision_policy(self)  # before TrainingArguments derives mixed_precision and the optimizer from it
@@ -47,7 +47,7 @@ class PretrainingArguments(PretrainTrainingOptions, TrainingArguments):
                              "betas": (self.adam_beta1, self.adam_beta2), "eps": self.adam_epsilon}
 
 
-def _check_scheduler_kwargs(args) -> None:
+def check_scheduler_kwargs(args) -> None:
     """Both stages' schedules: the stage's default `lr_scheduler_kwargs` belong to its default schedule, so another
     `--lr_scheduler_type` drops them, and a keyword the chosen schedule does not take is a one-line error here, not
     a TypeError at the first step. Checked by building the schedule once through transformers' public
@@ -109,7 +109,7 @@ def check_launch(args) -> None:
                               f"machine's address, reachable by every machine (e.g. --main_process_ip 10.1.2.3)")
 
 
-def _check_report_to(args) -> None:
+def check_report_to(args) -> None:
     """`report_to: [tensorboard, none]` means two opposite things; transformers refuses it only when Trainer is
     built, with a traceback. Say so here, in one line."""
     value = args.report_to
@@ -126,8 +126,8 @@ class SFTTrainingArguments(SFTTrainingOptions, TrainingArguments):
     """TrainingArguments for LoRA instruction tuning (defaults in tinyllm.config)."""
 
     def __post_init__(self):
-        _check_scheduler_kwargs(self)
-        _check_report_to(self)
+        check_scheduler_kwargs(self)
+        check_report_to(self)
         check_launch(self)
         declare_cpu(self)
         apply_precision_policy(self)

@@ -10,7 +10,6 @@ disabled (peft's `disable_adapter()`), and the merge is checked against the adap
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -21,8 +20,6 @@ from typing import TYPE_CHECKING
 
 from tinyllm.config import DataArguments, LoraArguments, SFTArguments, SFTModelArguments
 from tinyllm.data.sft_data import SFTCollator, SFTData, build_sft_datasets
-from tinyllm.data.tokenizer import CHAT_TEMPLATE, IM_END, IM_START
-from tinyllm.errors import ConfigError, TinyLLMError
 from tinyllm.evaluation.report import RunSummary, write_run_report
 from tinyllm.evaluation.scoring import evaluate_answers, mean_token_loss
 from tinyllm.hub import (
@@ -34,98 +31,18 @@ from tinyllm.hub import (
     save_model_folder,
     write_model_card,
 )
-from tinyllm.inference.chat import chat_eos_ids, has_chat_template
+from tinyllm.inference.chat import chat_eos_ids
 from tinyllm.io import staged_into
-from tinyllm.model_io import load_model_folder, resolve_model_path
-from tinyllm.modeling import pad_vocab
+from tinyllm.training.adapters import build_lora_model, chat_token_ids, load_base, merge_adapter, without_adapter
 from tinyllm.training.callbacks import DoctorCallback, InterruptCallback, TinyTrainer
 from tinyllm.training.recovery import RunSetup, final_evaluation, prepare_run, train_with_recovery
 
 if TYPE_CHECKING:
     from tinyllm.training.arguments import SFTTrainingArguments
 
-__all__ = ["run_sft", "load_base", "adopt_chatml", "chat_token_ids", "build_lora_model", "merge_check"]
+__all__ = ["run_sft", "load_base", "chat_token_ids", "build_lora_model"]  # the last three: tinyllm.training.adapters
 
 logger = logging.getLogger(__name__)
-
-
-def load_base(path: str):
-    """The base model and tokenizer for SFT: any causal LM folder (or Hub id) that transformers loads without
-    remote code. Its own chat template is used when it has one; otherwise it gets tinyllm's ChatML template."""
-    path = resolve_model_path(path)
-    p = Path(path)
-    if p.is_dir() and (p / "config.json").is_file() and not (p / "tokenizer.json").is_file() \
-            and not (p / "tokenizer_config.json").is_file():
-        raise ConfigError(f"{path} has no tokenizer; save the tokenizer with the model (tinyllm does this)")
-    model, tokenizer = load_model_folder(path)
-    if not has_chat_template(tokenizer):
-        adopt_chatml(model, tokenizer)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of attention and labels in SFT
-    return model, tokenizer
-
-
-def adopt_chatml(model, tokenizer) -> list[int]:
-    """Give a model without a chat template tinyllm's ChatML template: add <|im_start|>/<|im_end|> as special
-    tokens where missing, grow the embeddings (to a multiple of 64) when the new ids do not fit, and return the new
-    ids (their rows are trained during SFT; the saved folder carries the template, so pipeline() chats)."""
-    missing = [t for t in (IM_START, IM_END) if t not in tokenizer.get_vocab()]
-    if missing:
-        tokenizer.add_tokens(missing, special_tokens=True)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
-        model.resize_token_embeddings(pad_vocab(len(tokenizer)), mean_resizing=True)
-    logger.info("the base model has no chat template: using ChatML (%s); added tokens %s; embedding rows %d -> %d",
-                " ".join((IM_START, IM_END)), missing or "none", rows, model.get_input_embeddings().weight.shape[0])
-    return [tokenizer.convert_tokens_to_ids(t) for t in missing]
-
-
-def chat_token_ids(tokenizer) -> list[int]:
-    """Ids of ChatML's control tokens, reserved by tinyllm's tokenizers but never seen in pretraining: SFT trains
-    their embedding rows."""
-    vocab = tokenizer.get_vocab()
-    return [vocab[t] for t in (IM_START, IM_END) if t in vocab]
-
-
-def build_lora_model(base, lora: LoraArguments, trainable_token_ids: list[int]):
-    """Wrap `base` with a LoRA adapter on every linear layer but the output head (peft's "all-linear"), or on
-    `lora.lora_target_modules`; the chat tokens' embedding rows are trained through peft's
-    trainable_token_indices (not the whole embedding matrix)."""
-    if not lora.use_lora:
-        return base
-    import warnings
-
-    from peft import LoraConfig, get_peft_model
-    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers store weights as (in, out)
-
-    targets = [x.strip() for x in lora.lora_target_modules.split(",") if x.strip()] \
-        if lora.lora_target_modules else "all-linear"
-    cfg = LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
-                     target_modules=targets, task_type="CAUSAL_LM",
-                     fan_in_fan_out=any(isinstance(m, Conv1D) for m in base.modules()),
-                     trainable_token_indices=(trainable_token_ids or None) if lora.train_chat_token_embeddings
-                     else None)
-    with warnings.catch_warnings():
-        # peft 0.21 calls transformers' deprecated `is_gradient_checkpointing`; not the user's concern
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = get_peft_model(base, cfg)
-    logger.info("LoRA on: %s", ", ".join(sorted(model.peft_config["default"].target_modules)))
-    return model
-
-
-def merge_check(adapter_logits, merged, sample_ids) -> float:
-    """Max |logit difference| between the adapter model's logits (computed before merging, since merging
-    modifies the base in place) and the merged model's on the same sample batch."""
-    import torch
-
-    with torch.no_grad():
-        return float((adapter_logits - merged(input_ids=sample_ids).logits).abs().max())
-
-
-def _without_adapter(model):
-    """The base model's behaviour: the adapter (and its trained token rows) switched off, no second copy."""
-    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -151,7 +68,7 @@ def run_sft(model_args: SFTModelArguments, data: DataArguments, sft_args: SFTArg
     model = build_lora_model(model, lora, token_ids)
     counts = _log_trainable(model, lora)
     questions = sft.eval_conversations[: sft_args.answer_eval_examples]
-    with _without_adapter(model):
+    with without_adapter(model):
         before = _score(model, tokenizer, sft, questions, sft_args, args)
     _log_scores("before SFT", before)
 
@@ -272,17 +189,7 @@ def _save_sft(trainer, tokenizer, sft: SFTData, model_args: SFTModelArguments, d
         model = trainer.model
         sample = torch.tensor([sft.train[0]["input_ids"][:64]], device=model.device)
         if lora.use_lora:
-            model.save_pretrained(staging / "adapter")
-            tokenizer.save_pretrained(staging / "adapter")
-            model.eval()
-            with torch.no_grad():
-                ref_logits = model(input_ids=sample).logits
-            merged = model.merge_and_unload()
-            diff = merge_check(ref_logits, merged, sample)
-            metrics["merge_max_abs_logit_diff"] = diff
-            if not diff < 1e-3:
-                raise TinyLLMError(f"merged and adapter logits disagree (max diff {diff:.2e}); nothing was saved. "
-                                   f"Retry with --use_lora false, or report this with --debug output")
+            merged, metrics["merge_max_abs_logit_diff"] = merge_adapter(model, sample, staging, tokenizer)
         else:
             merged = model
         # the template's end-of-turn token is the eos, so answers stop by themselves in pipeline() and llama.cpp

@@ -1,0 +1,210 @@
+"""Preference pairs for DPO: TRL's formats -> chat messages -> token ids through tinyllm's chat encoding.
+
+Accepted records (TRL's preference formats, one per row):
+  explicit prompt, text      {"prompt": "question", "chosen": "good answer", "rejected": "bad answer"}
+  explicit prompt, messages  {"prompt": [{"role": "user", ...}], "chosen": [{"role": "assistant", ...}],
+                              "rejected": [{"role": "assistant", ...}]}
+  implicit prompt            {"chosen": [conversation], "rejected": [conversation]} sharing every turn but the last
+
+A text prompt is the user's message and a text answer the assistant's (DPO here tunes chat models). Each pair is
+tokenized the way SFT examples are (tinyllm.inference.chat): the prompt through the chat template with a generation
+prompt, each answer as the assistant turn up to and including its end-of-turn token, user text never turned into
+control tokens. TRL's DPOTrainer then gets prompt_ids / chosen_ids / rejected_ids and masks the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+
+from tinyllm.config import DataArguments, PreferenceArguments
+from tinyllm.data.builtin import ANIMALS, fact_sentences, generate_qa
+from tinyllm.data.sft_data import load_qa_rows
+from tinyllm.errors import DataError
+from tinyllm.inference.chat import encode_chat, encode_for_training
+
+__all__ = ["FORMATS", "generate_preferences", "record_to_pair", "encode_pair", "build_preference_datasets",
+           "PreferenceData"]
+
+logger = logging.getLogger(__name__)
+FORMATS = ("prompt/chosen/rejected as strings or as message lists, or chosen/rejected as whole conversations "
+           "sharing their prompt (TRL's preference formats)")
+BUILTIN_NAMES = ("builtin", "builtin_qa", "builtin_preferences")
+
+
+def generate_preferences(split: str = "train", seed: int = 0, languages: str = "en,zh") -> list[dict]:
+    """Preference pairs about the built-in world, from the built-in QA split of the same name (held-out questions
+    stay held out). Chosen: the right answer. Rejected, one pair each: another animal's fact of the same kind
+    (the classic SFT mistake, "熊喜欢吃什么？" -> "猫喜欢吃鱼。"), the right animal with another's fact, the answer
+    in the other language, and the right answer that does not stop (it runs on into another fact, no end of turn)."""
+    rng = random.Random(seed + 7)
+    qa = generate_qa(seed=seed, languages=languages)
+    rows = [r for r in qa["train" if split == "train" else "test"] if "question" in r]
+    # a rejected answer is never the held-out answer to another question: DPO must not push down what the
+    # held-out questions ask for (those facts come from pretraining, and the evaluation measures them)
+    held_out = {(r["animal"], r["kind"]) for r in qa["test"]}
+    kinds = ("food", "home", "sound")
+    out = []
+    for r in rows:
+        lang, animal, k = r["language"], r["animal"], kinds.index(r["kind"])
+        others = [a for a in ANIMALS if a != animal and (a, r["kind"]) not in held_out]
+        other = rng.choice(others)
+        other_fact = fact_sentences(other, lang)[k]
+        wrong_value = _swap_value(fact_sentences(animal, lang)[k], animal, other, lang, k)
+        other_lang = "zh" if lang == "en" else "en"
+        nxt = rng.choice([(a, j) for a in ANIMALS for j in range(3) if (a, kinds[j]) not in held_out])
+        rejected = [other_fact, wrong_value, fact_sentences(animal, other_lang)[k],
+                    r["answer"] + (" " if lang == "en" else "") + fact_sentences(nxt[0], lang)[nxt[1]]]
+        stops = [True, True, True, False]
+        if other_lang not in languages:
+            rejected, stops = rejected[:2] + rejected[3:], stops[:2] + stops[3:]
+        for rej, stop in zip(rejected, stops):
+            out.append({"prompt": r["question"], "chosen": r["answer"], "rejected": rej, "rejected_stops": stop,
+                        "language": lang})
+    return out
+
+
+def _swap_value(sentence: str, animal: str, other: str, lang: str, k: int) -> str:
+    """`animal`'s fact sentence with `other`'s value in it ("A bear likes to eat fish.")."""
+    mine = ANIMALS[animal][0][[1, 2, 0][k]] if lang == "en" else ANIMALS[animal][1][[2, 3, 1][k]]
+    theirs = ANIMALS[other][0][[1, 2, 0][k]] if lang == "en" else ANIMALS[other][1][[2, 3, 1][k]]
+    return sentence.replace(mine, theirs)
+
+
+def _messages(value, where: str, side: str) -> list[dict]:
+    if isinstance(value, str):
+        return [{"role": "user" if side == "prompt" else "assistant", "content": value}]
+    if isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+        return [{"role": str(m["role"]), "content": str(m["content"] or "")} for m in value]
+    raise DataError(f"{where}: '{side}' must be a string or a list of {{role, content}} messages, got "
+                    f"{type(value).__name__}")
+
+
+def record_to_pair(row: dict, where: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """(prompt messages, chosen messages, rejected messages) of one record; one-line errors name the record."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object; accepted formats: {FORMATS}")
+    if "chosen" not in row or "rejected" not in row:
+        raise DataError(f"{where}: a preference pair needs 'chosen' and 'rejected' columns (and 'prompt' unless "
+                        f"they are whole conversations); found columns: {', '.join(sorted(row)) or 'none'}")
+    chosen, rejected = _messages(row["chosen"], where, "chosen"), _messages(row["rejected"], where, "rejected")
+    if "prompt" in row and row["prompt"] is not None:
+        prompt = _messages(row["prompt"], where, "prompt")
+    else:  # implicit prompt: the shared turns before the answers
+        if isinstance(row["chosen"], str):
+            raise DataError(f"{where}: text answers need a 'prompt' column; found columns: "
+                            f"{', '.join(sorted(row))}")
+        n = 0
+        while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+            n += 1
+        prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+    for side, msgs in (("chosen", chosen), ("rejected", rejected)):
+        if not msgs or not any(m["content"].strip() for m in msgs):
+            raise DataError(f"{where}: the {side} answer is empty; fill it in or remove the record")
+        if msgs[-1]["role"] != "assistant":
+            raise DataError(f"{where}: the {side} side must end with an assistant message, got "
+                            f"'{msgs[-1]['role']}'")
+    if not prompt or prompt[-1]["role"] != "user":
+        raise DataError(f"{where}: the prompt must end with a user message (got "
+                        f"{prompt[-1]['role'] if prompt else 'no prompt'})")
+    if chosen == rejected:
+        raise DataError(f"{where}: chosen and rejected are the same answer, so the pair teaches nothing; fix or "
+                        f"remove the record")
+    return prompt, chosen, rejected
+
+
+def _answer_ids(tokenizer, prompt: list[dict], answer: list[dict], prompt_ids: list[int], stops: bool) -> list[int]:
+    """The answer's tokens after the prompt: content plus the template's end-of-turn token (training labels of
+    SFT); without it when `stops` is False (an answer that never ends its turn)."""
+    ids, labels = encode_for_training(tokenizer, prompt + answer)
+    if ids[:len(prompt_ids)] != prompt_ids:
+        # every template tinyllm has met renders the prompt as a prefix; say so plainly if one does not
+        raise DataError("the chat template renders a prompt differently when an answer follows it, so prompt and "
+                        "answer tokens cannot be separated; use a template whose generation prompt is a prefix")
+    answer_ids = [t for t, lab in zip(ids[len(prompt_ids):], labels[len(prompt_ids):]) if lab != -100]
+    if not stops:
+        eot = set(_stop_ids(tokenizer))
+        while answer_ids and answer_ids[-1] in eot:
+            answer_ids = answer_ids[:-1]
+    return answer_ids
+
+
+def _stop_ids(tokenizer) -> list[int]:
+    return [i for i in (tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens) if i is not None]
+
+
+def encode_pair(tokenizer, prompt: list[dict], chosen: list[dict], rejected: list[dict],
+                rejected_stops: bool = True) -> dict:
+    """prompt_ids, chosen_ids and rejected_ids as TRL's DPOTrainer takes them, through tinyllm's chat encoding."""
+    prompt_ids = encode_chat(tokenizer, prompt, add_generation_prompt=True)
+    return {"prompt_ids": prompt_ids, "chosen_ids": _answer_ids(tokenizer, prompt, chosen, prompt_ids, True),
+            "rejected_ids": _answer_ids(tokenizer, prompt, rejected, prompt_ids, rejected_stops)}
+
+
+@dataclass
+class PreferenceData:
+    train: object  # datasets.Dataset of prompt_ids / chosen_ids / rejected_ids
+    eval: object | None
+    questions: list[list[dict]]  # held-out conversations (prompt + chosen answer) for exact match
+    stats: dict
+
+
+def _records(data: DataArguments, split: str, seed: int) -> list[tuple[str, dict]]:
+    if data.dataset_name in BUILTIN_NAMES:
+        return [(f"builtin[{split}][{i}]", r) for i, r in enumerate(generate_preferences(split, seed))]
+    return load_qa_rows(data.dataset_name, split, data.dataset_config_name, data.cache_dir)
+
+
+def _encode_all(records, tokenizer, max_length: int | None):
+    rows, dropped = [], 0
+    for where, row in records:
+        prompt, chosen, rejected = record_to_pair(row, where)
+        enc = encode_pair(tokenizer, prompt, chosen, rejected, bool(row.get("rejected_stops", True)))
+        if max_length and len(enc["prompt_ids"]) + max(len(enc["chosen_ids"]), len(enc["rejected_ids"])) > max_length:
+            dropped += 1
+            continue
+        rows.append({**enc, "messages": json.dumps(prompt + chosen, ensure_ascii=False)})
+    return rows, dropped
+
+
+def build_preference_datasets(data: DataArguments, pref: PreferenceArguments, tokenizer, max_length: int | None,
+                              seed: int = 0) -> PreferenceData:
+    """Training and held-out pairs (held out: the built-in held-out questions, the split named, else a seeded
+    share of the records). Pairs longer than max_length are counted and dropped with a warning."""
+    import datasets
+
+    train_records = _records(data, data.dataset_split, seed)
+    if not train_records:
+        raise DataError(f"{data.dataset_name} has no records; accepted formats: {FORMATS}")
+    if data.dataset_name in BUILTIN_NAMES:
+        val_records = _records(data, "test", seed)
+    elif data.validation_split_name:
+        val_records = _records(data, data.validation_split_name, seed)
+    elif len(train_records) > 1 and data.validation_split_percentage:
+        order = list(range(len(train_records)))
+        random.Random(seed).shuffle(order)
+        n_val = max(1, round(len(order) * data.validation_split_percentage / 100))
+        val_records = [train_records[i] for i in order[:n_val]]
+        train_records = [train_records[i] for i in sorted(order[n_val:])]
+    else:
+        val_records = []
+    if pref.max_examples:
+        train_records = train_records[: pref.max_examples]
+    train, dropped_train = _encode_all(train_records, tokenizer, max_length)
+    val, dropped_val = _encode_all(val_records, tokenizer, max_length)
+    if dropped_train:
+        logger.warning("%d of %d training pairs are longer than max_length=%d tokens and were dropped",
+                       dropped_train, len(train_records), max_length)
+    if not train:
+        raise DataError(f"no usable training pairs in {data.dataset_name}: all {len(train_records)} are longer "
+                        f"than max_length={max_length} tokens; raise --max_length")
+    questions = [json.loads(r["messages"]) for r in val]
+    if data.dataset_name in BUILTIN_NAMES:  # each held-out question once (it has several rejected answers)
+        questions = [json.loads(m) for m in dict.fromkeys(r["messages"] for r in val)]
+    cols = ["prompt_ids", "chosen_ids", "rejected_ids"]
+    train_ds = datasets.Dataset.from_list([{k: r[k] for k in cols} for r in train])
+    val_ds = datasets.Dataset.from_list([{k: r[k] for k in cols} for r in val]) if val else None
+    stats = {"train_pairs": len(train), "eval_pairs": len(val), "dropped_too_long": dropped_train + dropped_val}
+    return PreferenceData(train_ds, val_ds, questions, stats)

@@ -1,0 +1,93 @@
+"""Prompts for GRPO: the built-in arithmetic task, or any dataset with a prompt column (text or messages) plus
+the columns its reward functions read (TRL passes every column to them).
+
+Accepted records: {"prompt": "question" | [messages], ...}, {"question": ..., "answer": ...} (the built-in task's
+layout; `answer` is what exact_answer_reward compares with), or {"messages": [...]} (the last assistant turn, if
+any, becomes `answer`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from tinyllm.config import DataArguments, GRPOArguments
+from tinyllm.data.builtin import generate_arithmetic
+from tinyllm.data.sft_data import load_qa_rows
+from tinyllm.errors import DataError
+
+__all__ = ["FORMATS", "record_to_prompt", "build_prompt_datasets", "PromptData"]
+
+FORMATS = "'prompt' (text or a list of messages), 'question' (+ 'answer'), or 'messages'"
+
+
+def record_to_prompt(row: dict, where: str) -> dict:
+    """{"prompt": [messages ending with a user turn], other columns...} for one record."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object with {FORMATS}")
+    extra = {k: v for k, v in row.items() if k not in ("prompt", "question", "messages")}
+    if "prompt" in row:
+        prompt = row["prompt"]
+        msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    elif "question" in row:
+        msgs = [{"role": "user", "content": str(row["question"])}]
+    elif "messages" in row and isinstance(row["messages"], list):
+        msgs = list(row["messages"])
+        if msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "assistant":
+            extra.setdefault("answer", str(msgs[-1].get("content", "")))
+            msgs = msgs[:-1]
+    else:
+        raise DataError(f"{where}: GRPO needs a prompt: {FORMATS}; found columns: {', '.join(sorted(row)) or 'none'}")
+    if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) and "role" in m and "content" in m
+                                                         for m in msgs):
+        raise DataError(f"{where}: the prompt must be text or a list of {{role, content}} messages")
+    if msgs[-1]["role"] != "user" or not str(msgs[-1]["content"]).strip():
+        raise DataError(f"{where}: the prompt must end with a non-empty user message")
+    return {"prompt": [{"role": str(m["role"]), "content": str(m["content"])} for m in msgs], **extra}
+
+
+@dataclass
+class PromptData:
+    train: object  # datasets.Dataset with "prompt" (messages) and the reward columns
+    eval_prompts: list[list[dict]]  # held-out prompts for pass@1
+    eval_answers: list[str] | None  # their exact answers, when the data has an `answer` column
+    stats: dict
+
+
+def _records(data: DataArguments, split: str) -> list[tuple[str, dict]]:
+    if data.dataset_name == "builtin_arithmetic":
+        key = "test" if split in ("test", "validation") else "train"
+        return [(f"builtin_arithmetic[{key}][{i}]", r) for i, r in enumerate(generate_arithmetic()[key])]
+    return load_qa_rows(data.dataset_name, split, data.dataset_config_name, data.cache_dir)
+
+
+def build_prompt_datasets(data: DataArguments, opts: GRPOArguments, seed: int = 0) -> PromptData:
+    """Training prompts and held-out prompts (the built-in task's held-out problems, the split named, or a seeded
+    share of the records), disjoint."""
+    import datasets
+
+    train = [record_to_prompt(r, w) for w, r in _records(data, data.dataset_split)]
+    if not train:
+        raise DataError(f"{data.dataset_name} has no records; GRPO needs {FORMATS}")
+    if data.dataset_name == "builtin_arithmetic":
+        held = [record_to_prompt(r, w) for w, r in _records(data, "test")]
+    elif data.validation_split_name:
+        held = [record_to_prompt(r, w) for w, r in _records(data, data.validation_split_name)]
+    elif len(train) > 1 and data.validation_split_percentage:
+        order = list(range(len(train)))
+        random.Random(seed).shuffle(order)
+        n = max(1, round(len(order) * data.validation_split_percentage / 100))
+        held, train = [train[i] for i in order[:n]], [train[i] for i in sorted(order[n:])]
+    else:
+        held = []
+    if opts.max_prompts:
+        train = train[: opts.max_prompts]
+    columns = sorted(set(train[0]))
+    for i, row in enumerate(train):
+        if set(row) != set(columns):
+            raise DataError(f"{data.dataset_name} record {i} has columns {sorted(row)}, the first has {columns}; "
+                            f"every record needs the same columns (the rewards receive them)")
+    ds = datasets.Dataset.from_list(train)
+    answers = [str(r["answer"]) for r in held] if held and all("answer" in r for r in held) else None
+    stats = {"train_prompts": len(train), "eval_prompts": len(held)}
+    return PromptData(ds, [r["prompt"] for r in held], answers, stats)
