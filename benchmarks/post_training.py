@@ -49,10 +49,10 @@ def dpo_seed(work: Path, seed: int) -> dict:
     base, sft, dpo, more = (work / n for n in ("base", "sft", "dpo", "sft_more"))
     if not (base / "model.safetensors").is_file():
         tinyllm("pretrain", "--config", "recipes/configs/quickstart.yaml", "--seed", seed, "--output_dir", base,
-                "--report_to", "none")
+                "--report_to", "none", "--overwrite_output_dir", "true")
     if not (sft / "model.safetensors").is_file():
         tinyllm("sft", "--config", "recipes/configs/sft_quickstart.yaml", "--seed", seed, "--model_name_or_path",
-                base, "--output_dir", sft, "--report_to", "none")
+                base, "--output_dir", sft, "--report_to", "none", "--overwrite_output_dir", "true")
     wall = tinyllm("dpo", "--config", "recipes/configs/dpo_quickstart.yaml", "--seed", seed, "--model_name_or_path",
                    sft, "--output_dir", dpo, "--report_to", "none", "--overwrite_output_dir", "true")
     r = results(dpo)
@@ -69,10 +69,10 @@ def grpo_seed(work: Path, seed: int) -> dict:
     base, sft, grpo, more = (work / n for n in ("base", "sft_arithmetic", "grpo", "sft_arithmetic_more"))
     if not (base / "model.safetensors").is_file():
         tinyllm("pretrain", "--config", "recipes/configs/quickstart.yaml", "--seed", seed, "--output_dir", base,
-                "--report_to", "none")
+                "--report_to", "none", "--overwrite_output_dir", "true")
     if not (sft / "model.safetensors").is_file():
         tinyllm("sft", "--config", "recipes/configs/sft_arithmetic.yaml", "--seed", seed, "--model_name_or_path",
-                base, "--output_dir", sft, "--report_to", "none")
+                base, "--output_dir", sft, "--report_to", "none", "--overwrite_output_dir", "true")
     wall = tinyllm("grpo", "--config", "recipes/configs/grpo_arithmetic.yaml", "--seed", seed,
                    "--model_name_or_path", sft, "--output_dir", grpo, "--report_to", "none",
                    "--overwrite_output_dir", "true")

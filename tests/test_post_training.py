@@ -269,6 +269,10 @@ def test_tuned_folders_work_where_a_model_folder_does(dpo_run, grpo_run, tmp_pat
     code, out, err = run_inprocess(capsys, "report", dpo_run.parent)
     assert code == 0, err
     assert "dpo" in out and "grpo" in out
+    gguf = tmp_path / "grpo.gguf"
+    code, out, err = run_inprocess(capsys, "export", grpo_run, "--output", gguf)
+    assert code == 0, err
+    assert gguf.stat().st_size > 100_000 and gguf.with_suffix(".Modelfile").is_file()
 
 
 # ---------------------------------------------------------------- bad input

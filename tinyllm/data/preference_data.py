@@ -32,16 +32,35 @@ logger = logging.getLogger(__name__)
 FORMATS = ("prompt/chosen/rejected as strings or as message lists, or chosen/rejected as whole conversations "
            "sharing their prompt (TRL's preference formats)")
 BUILTIN_NAMES = ("builtin", "builtin_qa", "builtin_preferences")
+# Phrasings SFT never saw, for the training pairs: on memorized questions the SFT model is already right, so pairs on
+# new wordings are where it hesitates between the asked animal and a frequent answer (its held-out mistake)
+NEW_PHRASINGS = {
+    "en": {"food": ["What is the favorite food of a {a}?", "Tell me what a {a} eats."],
+           "home": ["Where can you find a {a} at home?", "Tell me where a {a} lives."],
+           "sound": ["What noise does a {a} make?", "Tell me what a {a} says."]},
+    "zh": {"food": ["{a}最爱吃什么？", "{a}平时吃什么？"],
+           "home": ["{a}住在什么地方？", "{a}平时住在哪儿？"],
+           "sound": ["{a}是怎么叫的？", "{a}的叫声是什么？"]},
+}
 
 
 def generate_preferences(split: str = "train", seed: int = 0, languages: str = "en,zh") -> list[dict]:
     """Preference pairs about the built-in world, from the built-in QA split of the same name (held-out questions
     stay held out). Chosen: the right answer. Rejected, one pair each: another animal's fact of the same kind
     (the classic SFT mistake, "熊喜欢吃什么？" -> "猫喜欢吃鱼。"), the right animal with another's fact, the answer
-    in the other language, and the right answer that does not stop (it runs on into another fact, no end of turn)."""
+    in the other language, and the right answer that does not stop (it runs on into another fact, no end of turn).
+    `seed` only picks rejected answers: the held-out questions are builtin_qa's own split, so DPO never trains on
+    a question SFT held out, whatever the run's seed."""
     rng = random.Random(seed + 7)
-    qa = generate_qa(seed=seed, languages=languages)
+    qa = generate_qa(languages=languages)
     rows = [r for r in qa["train" if split == "train" else "test"] if "question" in r]
+    if split == "train":
+        seen = set()
+        for r in list(rows):
+            if (r["animal"], r["kind"], r["language"]) not in seen:
+                seen.add((r["animal"], r["kind"], r["language"]))
+                name = r["animal"] if r["language"] == "en" else ANIMALS[r["animal"]][1][0]
+                rows += [{**r, "question": q.format(a=name)} for q in NEW_PHRASINGS[r["language"]][r["kind"]]]
     # a rejected answer is never the held-out answer to another question: DPO must not push down what the
     # held-out questions ask for (those facts come from pretraining, and the evaluation measures them)
     held_out = {(r["animal"], r["kind"]) for r in qa["test"]}

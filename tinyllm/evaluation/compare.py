@@ -25,7 +25,7 @@ def run_report(args: ReportArguments) -> Path:
     runs = find_runs(Path(args.runs))
     if not runs:
         raise ConfigError(f"no run folders under {args.runs} (a run folder has {SUMMARY_FILE}, written by tinyllm "
-                          f"pretrain and sft); give the folder that holds your runs")
+                          f"pretrain, sft, dpo and grpo); give the folder that holds your runs")
     data = [(p, *load_run(p)) for p in runs]
     evals = {p: json.loads((p / EVAL_FILE).read_text()) if (p / EVAL_FILE).is_file() else {} for p in runs}
     eval_cols = sorted({f"{r['task']} {r['metric']}" for e in evals.values() for r in e.get("results", [])})

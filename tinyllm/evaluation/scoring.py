@@ -78,9 +78,10 @@ def score_choices(model, tokenizer, context: str, choices: list[str]) -> list[fl
 
 def evaluate_answers(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 32,
                      batch_size: int = 16) -> dict:
-    """Greedy answers to the held-out questions: exact match (local evaluate module), overall and per language,
-    and the share of answers that end with the template's end-of-turn token before max_new_tokens. Exact match
-    measures short factual answers; for open-ended answers compare the held-out answer-token loss instead."""
+    """Greedy answers (no repetition penalty) to the held-out questions: exact match (local evaluate module),
+    overall and per language, and the share of answers that end with the template's end-of-turn token before
+    max_new_tokens. Exact match measures short factual answers; for open-ended answers compare the held-out
+    answer-token loss instead."""
     import evaluate
     import torch
 
@@ -96,8 +97,9 @@ def evaluate_answers(model, tokenizer, conversations: list[list[dict]], max_new_
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
             with torch.no_grad():
+                # truly greedy: the folder's repetition_penalty (1.1) would penalize answers such as "牛会说哞哞。"
                 out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                     do_sample=False, eos_token_id=eos, pad_token_id=pad)
+                                     do_sample=False, eos_token_id=eos, pad_token_id=pad, repetition_penalty=1.0)
             for row in out[:, width:].tolist():
                 stop = next((k for k, t in enumerate(row) if t in eos), None)
                 stopped += int(stop is not None)

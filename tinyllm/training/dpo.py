@@ -125,6 +125,7 @@ def run_dpo(model_args: PostTrainingModelArguments, data: DataArguments, opts: P
         a, b = after["answers"], before["answers"]
         metrics.update({"exact_match_before": b["exact_match"], "exact_match": a["exact_match"],
                         "stopped_rate_before": b["stopped_rate"], "stopped_rate": a["stopped_rate"],
+                        "languages": ",".join(sorted(set(a["per_language"]) & set(b["per_language"]))),
                         **{f"exact_match_{k}_before": v for k, v in b["per_language"].items()},
                         **{f"exact_match_{k}": v for k, v in a["per_language"].items()}})
     if trainer.is_world_process_zero():
@@ -176,10 +177,9 @@ def _summary(trainer, model_args, data, lora: LoraArguments, args, metrics: dict
             details[label] = f"{metrics[key]:.3f}"
     if metrics.get("exact_match") is not None:
         details["exact match before / after"] = f"{metrics['exact_match_before']:.3f} / {metrics['exact_match']:.3f}"
-        for key in sorted(metrics):
-            if key.startswith("exact_match_") and not key.endswith("_before") and len(key) == len("exact_match_en"):
-                details[f"exact match ({key[-2:]}) before / after"] = \
-                    f"{metrics.get(key + '_before', float('nan')):.3f} / {metrics[key]:.3f}"
+        for lang in filter(None, metrics.get("languages", "").split(",")):
+            details[f"exact match ({lang}) before / after"] = \
+                f"{metrics[f'exact_match_{lang}_before']:.3f} / {metrics[f'exact_match_{lang}']:.3f}"
     if metrics.get("chosen_bits_per_byte") is not None:
         details["chosen answers bits/byte before / after"] = \
             f"{metrics['chosen_bits_per_byte_before']:.3f} / {metrics['chosen_bits_per_byte']:.3f}"
