@@ -278,6 +278,9 @@ class PretrainTrainingOptions(RunDefaults):
     # small batches: a shorter second-moment memory is more stable (nanoGPT uses 0.99)
     adam_beta2: float = field(default=0.99, metadata={"help": "AdamW beta2."})
     max_steps: int = field(default=2000, metadata={"help": "Optimizer steps (overrides num_train_epochs)."})
+    time_budget: Optional[str] = field(default=None, metadata={
+        "help": "End by this wall time (90s, 10m, 1.5h), counted from the start of the command, with the learning-rate "
+                "schedule completed: the steps are measured as the run goes (replaces max_steps)."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Micro-batch per device."})
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch per device."})
     eval_steps: float = field(default=250, metadata={"help": "Evaluate every N steps."})

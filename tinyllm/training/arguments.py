@@ -15,6 +15,7 @@ from transformers import TrainingArguments
 from tinyllm.config import PretrainTrainingOptions, SFTTrainingOptions
 from tinyllm.device import apply_precision_policy, declare_cpu, detect_device
 from tinyllm.errors import ConfigError, first_line, suggest
+from tinyllm.training.budget import BUDGET_SCHEDULES, parse_duration
 from tinyllm.training.optim import MuonFactory
 
 MATRIX_OPTIMIZERS = ("adamw", "muon")
@@ -30,6 +31,12 @@ class PretrainingArguments(PretrainTrainingOptions, TrainingArguments):
         if self.matrix_optimizer not in MATRIX_OPTIMIZERS:
             raise ConfigError(f"matrix_optimizer must be one of {', '.join(MATRIX_OPTIMIZERS)}, got "
                               f"'{self.matrix_optimizer}'" + suggest(self.matrix_optimizer, MATRIX_OPTIMIZERS))
+        self.time_budget_seconds = parse_duration(self.time_budget) if self.time_budget else None
+        if self.time_budget and str(self.lr_scheduler_type) not in BUDGET_SCHEDULES:
+            raise ConfigError(f"--time_budget needs a schedule whose length can follow the measured steps "
+                              f"({', '.join(BUDGET_SCHEDULES)}), got '{self.lr_scheduler_type}'")
+        if self.time_budget:
+            self.max_steps = 10 ** 9  # an upper bound for Trainer; the budget callback ends the run
         check_scheduler_kwargs(self)
         check_report_to(self)
         check_launch(self)  # before TrainingArguments joins the process group

@@ -13,6 +13,7 @@ from transformers import Trainer, TrainerCallback
 from tinyllm.formatting import fmt_clock
 from tinyllm.inference.generation import generate_text
 from tinyllm.modeling import eval_mode
+from tinyllm.training.budget import budget_schedule
 from tinyllm.training.chunked_loss import chunked_causal_lm_loss, worth_chunking
 from tinyllm.training.recovery import NonFiniteLossError
 
@@ -26,7 +27,9 @@ class TinyTrainer(Trainer):
     with tinyllm's ProgressLogger (a bar on a terminal, plain lines in a log file) instead of transformers'."""
 
     def __init__(self, *args, tokens_per_step: int = 0, eval_tokens_per_byte: float | None = None,
-                 eval_tokens_per_char: float | None = None, entropy_floor: float | None = None, **kwargs):
+                 eval_tokens_per_char: float | None = None, entropy_floor: float | None = None, budget=None,
+                 **kwargs):
+        self.budget = budget  # a training.budget.TimeBudget: the schedule's length follows the measured steps
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
         super().__init__(*args, **kwargs)
@@ -38,6 +41,17 @@ class TinyTrainer(Trainer):
         self.eval_tokens_per_char = eval_tokens_per_char
         self.entropy_floor = entropy_floor
         self._last = None  # (time, step) of the previous training log
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.budget is None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            kwargs = self.args.lr_scheduler_kwargs or {}
+            self.lr_scheduler = budget_schedule(optimizer or self.optimizer, self.budget,
+                                                str(getattr(self.args.lr_scheduler_type, "value",
+                                                            self.args.lr_scheduler_type)),
+                                                kwargs.get("min_lr_rate", 0.0))
+        return self.lr_scheduler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Training on a large vocabulary: the loss over chunks of tokens (training/chunked_loss.py), never the

@@ -48,9 +48,10 @@ def estimate(config, data, args, n_params: int, n_params_no_emb: int, train_toke
     n_layer, width, vocab = config.num_hidden_layers, config.hidden_size, config.vocab_size
     micro = args.per_device_train_batch_size
     tokens_per_step = micro * args.gradient_accumulation_steps * world_size * data.block_size
-    steps = args.max_steps if args.max_steps > 0 else None
+    budget = getattr(args, "time_budget", None)
+    steps = args.max_steps if args.max_steps > 0 and not budget else None
     total_tokens = tokens_per_step * steps if steps else None
-    if total_tokens is None and train_tokens:
+    if total_tokens is None and train_tokens and not budget:
         total_tokens = int(train_tokens * args.num_train_epochs)
         steps = total_tokens // tokens_per_step
     bytes_per_act = 2 if (args.bf16 or args.fp16) else 4
@@ -68,7 +69,7 @@ def estimate(config, data, args, n_params: int, n_params_no_emb: int, train_toke
         f"parameters:           {n_params:,} ({n_params_no_emb:,} without embeddings)",
         f"tokens per step:      {tokens_per_step:,} = {micro} batch x {args.gradient_accumulation_steps} accumulation"
         f" x {world_size} process(es) x {data.block_size} block",
-        f"steps:                {steps if steps else '?'}",
+        f"steps:                {steps if steps else ('measured against --time_budget ' + budget) if budget else '?'}",
         f"tokens (total):       {total_tokens:,}" if total_tokens else "tokens (total):       unknown (streaming)",
     ]
     if train_tokens:

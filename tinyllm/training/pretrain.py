@@ -39,6 +39,7 @@ from tinyllm.io import staged_into
 from tinyllm.model_io import load_model_folder, resolve_model_path
 from tinyllm.modeling import build_config, check_vocab, resolve_block_size
 from tinyllm.training.arguments import PretrainingArguments
+from tinyllm.training.budget import BudgetCallback, TimeBudget
 from tinyllm.training.callbacks import DoctorCallback, InterruptCallback, SampleCallback, TinyTrainer
 from tinyllm.training.estimate import estimate
 from tinyllm.training.recovery import (
@@ -72,6 +73,7 @@ class Trained:
 def run_pretraining(model_args: ModelArguments, data: DataArguments, tok_args: TokenizerArguments,
                     args: PretrainingArguments) -> Path:
     """The whole pretraining stage, as a list of steps. Returns the output folder."""
+    budget = TimeBudget(args.time_budget_seconds, warmup_steps=args.warmup_steps) if args.time_budget else None
     if model_args.model_name_or_path:  # continued pretraining: a local folder, or a Hub id downloaded once
         model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
     setup = prepare_run(args)
@@ -88,7 +90,7 @@ def run_pretraining(model_args: ModelArguments, data: DataArguments, tok_args: T
     if setup.resume:
         check_checkpoint_matches(setup.resume, model)
     before = _before(model, lm, args) if model_args.model_name_or_path and not setup.resume else {}
-    trained = _train(model, tokenizer, model_args, data, args, lm, plan, floor, setup.resume)
+    trained = _train(model, tokenizer, model_args, data, args, lm, plan, floor, setup.resume, budget)
     metrics = {"parameters": model.num_parameters(), **before, **trained.metrics}
     if trained.trainer.is_world_process_zero():
         summary = _summary(trained, model_args, data, plan, metrics)
@@ -185,7 +187,7 @@ def _before(model, lm: LMData, args) -> dict:
 
 
 def _train(model, tokenizer, model_args: ModelArguments, data: DataArguments, args, lm: LMData, plan: dict,
-           floor: float | None, resume: str | None) -> Trained:
+           floor: float | None, resume: str | None, budget: TimeBudget | None = None) -> Trained:
     from transformers import default_data_collator
 
     prompts = [p for p in (args.sample_prompts or "").split("|") if p] or default_prompts(data, lm.eval_texts_sample)
@@ -199,10 +201,11 @@ def _train(model, tokenizer, model_args: ModelArguments, data: DataArguments, ar
     def make_trainer(m):
         return TinyTrainer(
             model=m, args=args, train_dataset=lm.train, eval_dataset=lm.eval, data_collator=default_data_collator,
-            processing_class=tokenizer, callbacks=[sampler, doctor, interrupt],
+            processing_class=tokenizer,
+            callbacks=[sampler, doctor, interrupt] + ([BudgetCallback(budget)] if budget else []),
             tokens_per_step=plan["tokens_per_step"], eval_tokens_per_byte=lm.eval_tokens_per_byte,
             eval_tokens_per_char=lm.eval_tokens_per_char, entropy_floor=floor,
-            optimizer_cls_and_kwargs=args.optimizer_factory(),
+            optimizer_cls_and_kwargs=args.optimizer_factory(), budget=budget,
         )
 
     start = time.time()
@@ -215,6 +218,9 @@ def _train(model, tokenizer, model_args: ModelArguments, data: DataArguments, ar
     metrics["train_tokens"] = lm.train_tokens
     if floor is not None:
         metrics["entropy_floor_bits_per_char"] = round(floor, 4)
+    if budget is not None:
+        metrics.update({"time_budget_s": budget.seconds, "time_budget_steps": trainer.state.global_step,
+                        "time_budget_used_s_at_train_end": round(time.time() - budget.start, 1)})
     samples = []
     if trainer.is_world_process_zero():
         last = sampler.history[-1] if sampler.history else None

@@ -1,0 +1,139 @@
+"""`--time_budget 10m`: a run that ends by a deadline with its learning-rate schedule completed.
+
+The number of steps is not known in advance, so it is measured: after a few steps the budget callback knows the
+time per step, per evaluation and per checkpoint, and sets the run's total steps to what fits before the deadline
+(re-estimated every few steps as the machine speeds up or slows down). The schedule reads that total each step (a
+LambdaLR over a mutable total), so warmup, cosine decay and the final learning rate land at the last step that fits.
+The budget counts from the start of the command: data preparation, evaluation, samples and saving are all in it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+
+from transformers import TrainerCallback
+
+from tinyllm.errors import ConfigError
+from tinyllm.formatting import fmt_duration
+
+__all__ = ["parse_duration", "TimeBudget", "BudgetCallback", "budget_schedule", "BUDGET_SCHEDULES"]
+
+logger = logging.getLogger(__name__)
+BUDGET_SCHEDULES = ("cosine_with_min_lr", "cosine", "linear", "constant_with_warmup")
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '10m', '1.5h' (or a bare number of seconds) -> seconds; anything else is a one-line error."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text).lower())
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"time_budget '{text}' can't be parsed: give a positive number with s, m or h, e.g. 90s, "
+                          f"10m or 1.5h")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+class TimeBudget:
+    """The deadline and the current estimate of the run's total steps (read by the schedule, set by the callback)."""
+
+    def __init__(self, seconds: float, start: float | None = None, warmup_steps: int = 0):
+        self.seconds = seconds
+        self.start = time.time() if start is None else start
+        self.deadline = self.start + seconds
+        self.warmup_steps = warmup_steps
+        self.total_steps = 10 ** 9  # unknown until measured; the schedule stays in warmup until then
+        self.measured = False
+
+    def remaining(self) -> float:
+        return self.deadline - time.time()
+
+
+def budget_schedule(optimizer, budget: TimeBudget, kind: str, min_lr_rate: float = 0.0):
+    """A LambdaLR whose length is `budget.total_steps`, read at every step: linear warmup, then cosine (to
+    min_lr_rate), linear decay, or constant."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    if kind not in BUDGET_SCHEDULES:
+        raise ConfigError(f"--time_budget works with the schedules {', '.join(BUDGET_SCHEDULES)}; got "
+                          f"'{kind}' (its length must follow the measured number of steps)")
+    floor = min_lr_rate if kind == "cosine_with_min_lr" else 0.0
+
+    def factor(step: int) -> float:
+        total = max(budget.total_steps, 1)
+        warmup = min(budget.warmup_steps, max(total // 10, 1)) if budget.measured else budget.warmup_steps
+        if step < warmup:
+            return (step + 1) / max(warmup, 1)
+        if kind == "constant_with_warmup":
+            return 1.0
+        progress = min(max((step - warmup) / max(total - warmup, 1), 0.0), 1.0)
+        if kind == "linear":
+            return 1.0 - progress
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+class BudgetCallback(TrainerCallback):
+    """Keeps `budget.total_steps` at what fits before the deadline and stops the run at that step.
+
+    Measured as the run goes: the median time of a training step, and the wall time of each evaluation block
+    (evaluation plus samples) and checkpoint between two steps. Future evaluations and checkpoints are counted at
+    their measured cost, and room is kept for the final evaluation and the saved folder."""
+
+    def __init__(self, budget: TimeBudget, probe_steps: int = 5, every: int = 10):
+        self.budget, self.probe_steps, self.every = budget, probe_steps, every
+        self.step_times: list[float] = []
+        self.eval_s: list[float] = []
+        self.save_s: list[float] = []
+        self._begin = self._end = None
+        self._evaluated = self._saved = False
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        if self._end is not None and (self._evaluated or self._saved):
+            gap = now - self._end  # what ran between the two steps: evaluation + samples, and/or a checkpoint
+            (self.eval_s if self._evaluated else self.save_s).append(gap)
+        self._evaluated = self._saved = False
+        self._begin = now
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._evaluated = True
+
+    def on_save(self, args, state, control, **kwargs):
+        self._saved = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._end = time.perf_counter()
+        if self._begin is not None:
+            self.step_times.append(self._end - self._begin)
+        if len(self.step_times) >= self.probe_steps and (not self.budget.measured or
+                                                          state.global_step % self.every == 0):
+            self._estimate(args, state)
+        if self.budget.measured and state.global_step >= self.budget.total_steps:
+            control.should_training_stop = True
+            control.should_save = False  # the stage saves the final model itself
+            control.should_evaluate = False  # and evaluates it once, after training
+        return control
+
+    def _estimate(self, args, state) -> None:
+        recent = sorted(self.step_times[-50:])[len(self.step_times[-50:]) // 2]  # median: robust to a slow step
+        eval_cost = max(self.eval_s) if self.eval_s else recent * 20
+        save_cost = max(self.save_s) if self.save_s else recent * 5
+        eval_every = args.eval_steps if str(args.eval_strategy) not in ("no", "IntervalStrategy.NO") and \
+            args.eval_steps else None
+        save_every = args.save_steps if str(args.save_strategy) not in ("no", "SaveStrategy.NO") and \
+            args.save_steps else None
+        per_step = recent + (eval_cost / eval_every if eval_every else 0) + (save_cost / save_every if save_every
+                                                                            else 0)
+        final = eval_cost + 2 * save_cost  # the final evaluation with samples, and the saved folder
+        more = int(max(self.budget.remaining() - final, 0) / per_step)
+        total = state.global_step + more
+        first = not self.budget.measured
+        self.budget.total_steps, self.budget.measured = total, True
+        state.max_steps = max(total, state.global_step)  # progress and ETA follow the estimate
+        if first:
+            logger.info("time budget %s: %.3f s per step measured, about %d steps fit (re-estimated every %d steps; "
+                        "the schedule ends at the last one)", fmt_duration(self.budget.seconds), recent, total,
+                        self.every)
