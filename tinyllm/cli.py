@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import tinyllm
 from tinyllm import __version__
 from tinyllm import config as c
 from tinyllm.errors import ConfigError, TinyLLMError, first_line, suggest
@@ -411,6 +413,7 @@ def format_help(option_types: Sequence[type], prog: str, command_defaults: dict[
 
 def run(command: str, argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status. User errors become one line unless --debug is given."""
+    tinyllm.STARTED_AT = time.time()  # a --time_budget counts from here (in-process callers run several commands)
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]

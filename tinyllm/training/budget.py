@@ -4,7 +4,8 @@ The number of steps is not known in advance, so it is measured: after a few step
 time per step, per evaluation and per checkpoint, and sets the run's total steps to what fits before the deadline
 (re-estimated every few steps as the machine speeds up or slows down). The schedule reads that total each step (a
 LambdaLR over a mutable total), so warmup, cosine decay and the final learning rate land at the last step that fits.
-The budget counts from the start of the command: data preparation, evaluation, samples and saving are all in it.
+The budget counts from the start of the command (tinyllm.STARTED_AT: imports, data preparation, evaluation,
+samples and saving are all in it).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def budget_schedule(optimizer, budget: TimeBudget, kind: str, min_lr_rate: float
             return (step + 1) / max(warmup, 1)
         if kind == "constant_with_warmup":
             return 1.0
-        progress = min(max((step - warmup) / max(total - warmup, 1), 0.0), 1.0)
+        # the optimizer's last step (index total - 1) gets the final rate
+        progress = min(max((step - warmup + 1) / max(total - warmup, 1), 0.0), 1.0)
         if kind == "linear":
             return 1.0 - progress
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))

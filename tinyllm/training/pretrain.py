@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import tinyllm
 from tinyllm.config import DataArguments, ModelArguments, TokenizerArguments
 from tinyllm.data.builtin import corpus_entropy, generate_corpus
 from tinyllm.data.corpora import describe_source, split_documents
@@ -73,7 +74,8 @@ class Trained:
 def run_pretraining(model_args: ModelArguments, data: DataArguments, tok_args: TokenizerArguments,
                     args: PretrainingArguments) -> Path:
     """The whole pretraining stage, as a list of steps. Returns the output folder."""
-    budget = TimeBudget(args.time_budget_seconds, warmup_steps=args.warmup_steps) if args.time_budget else None
+    budget = TimeBudget(args.time_budget_seconds, start=tinyllm.STARTED_AT, warmup_steps=args.warmup_steps) \
+        if args.time_budget else None
     if model_args.model_name_or_path:  # continued pretraining: a local folder, or a Hub id downloaded once
         model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
     setup = prepare_run(args)
