@@ -37,11 +37,7 @@ class PretrainingArguments(PretrainTrainingOptions, TrainingArguments):
                               f"({', '.join(BUDGET_SCHEDULES)}), got '{self.lr_scheduler_type}'")
         if self.time_budget:
             self.max_steps = 10 ** 9  # an upper bound for Trainer; the budget callback ends the run
-        check_scheduler_kwargs(self)
-        check_report_to(self)
-        check_launch(self)  # before TrainingArguments joins the process group
-        declare_cpu(self)  # before TrainingArguments resolves its device
-        apply_precision_policy(self)  # before TrainingArguments derives mixed_precision and the optimizer from it
+        check_common(self)
         super().__post_init__()
 
     def optimizer_factory(self) -> tuple | None:
@@ -52,6 +48,16 @@ class PretrainingArguments(PretrainTrainingOptions, TrainingArguments):
         return MuonFactory, {"lr": self.learning_rate, "muon_lr": self.muon_learning_rate,
                              "weight_decay": self.weight_decay, "muon_weight_decay": self.muon_weight_decay,
                              "betas": (self.adam_beta1, self.adam_beta2), "eps": self.adam_epsilon}
+
+
+def check_common(args) -> None:
+    """What every training stage's arguments run before TrainingArguments' own __post_init__ (which joins the
+    process group, resolves the device and derives mixed precision and the optimizer from these fields)."""
+    check_scheduler_kwargs(args)
+    check_report_to(args)
+    check_launch(args)  # before TrainingArguments joins the process group
+    declare_cpu(args)  # before TrainingArguments resolves its device
+    apply_precision_policy(args)  # before TrainingArguments derives mixed_precision and the optimizer from it
 
 
 def check_scheduler_kwargs(args) -> None:
@@ -133,11 +139,7 @@ class SFTTrainingArguments(SFTTrainingOptions, TrainingArguments):
     """TrainingArguments for LoRA instruction tuning (defaults in tinyllm.config)."""
 
     def __post_init__(self):
-        check_scheduler_kwargs(self)
-        check_report_to(self)
-        check_launch(self)
-        declare_cpu(self)
-        apply_precision_policy(self)
+        check_common(self)
         super().__post_init__()
 
 

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from trl import DPOConfig, GRPOConfig
 
 from tinyllm.config import DPOTrainingOptions, GRPOTrainingOptions
-from tinyllm.device import apply_precision_policy, declare_cpu
 from tinyllm.errors import ConfigError
-from tinyllm.training.arguments import check_launch, check_report_to, check_scheduler_kwargs
+from tinyllm.training.arguments import check_common
 
 __all__ = ["DPOTrainingArguments", "GRPOTrainingArguments"]
 
@@ -23,11 +22,7 @@ class DPOTrainingArguments(DPOTrainingOptions, DPOConfig):
     def __post_init__(self):
         if self.beta <= 0:
             raise ConfigError(f"beta must be > 0 (DPO's strength of the reference), got {self.beta}")
-        check_scheduler_kwargs(self)
-        check_report_to(self)
-        check_launch(self)
-        declare_cpu(self)
-        apply_precision_policy(self)
+        check_common(self)
         super().__post_init__()
 
 
@@ -39,9 +34,5 @@ class GRPOTrainingArguments(GRPOTrainingOptions, GRPOConfig):
         if self.num_generations < 2:
             raise ConfigError(f"num_generations must be at least 2 (GRPO compares completions within a group), got "
                               f"{self.num_generations}")
-        check_scheduler_kwargs(self)
-        check_report_to(self)
-        check_launch(self)
-        declare_cpu(self)
-        apply_precision_policy(self)
+        check_common(self)
         super().__post_init__()
