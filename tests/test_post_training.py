@@ -311,3 +311,30 @@ def test_post_training_bad_inputs(chat_model, tmp_path, capsys, bpe_tokenizer):
                                  "--answer_eval_examples", "0")
     assert_user_error(code, err, "boom raised KeyError", "prompt is")
     assert not (tmp_path / "z").exists() or not (tmp_path / "z" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("style", ["zephyr", "other_chatml"])
+def test_dpo_on_a_foreign_chat_model_uses_its_own_template(style, builtin_docs, tmp_path, capsys):
+    """A chat model tinyllm did not train (its own template and end-of-turn token): the pairs end with that token,
+    the prompt with its generation prompt, and DPO writes a folder that stops at the same token."""
+    from transformers import AutoTokenizer
+
+    from helpers import STYLES, build_foreign
+
+    folder = build_foreign(tmp_path, builtin_docs[:400], style)
+    tok = AutoTokenizer.from_pretrained(folder)
+    eot = STYLES[style][5]
+    enc = encode_pair(tok, *record_to_pair({"prompt": "What does a cat say?", "chosen": "A cat says meow.",
+                                            "rejected": "A dog says woof."}, "r"))
+    assert enc["chosen_ids"][-1] == tok.convert_tokens_to_ids(eot)
+    assert tok.decode(enc["chosen_ids"][:-1]).strip() == "A cat says meow."
+    assert tok.decode(enc["prompt_ids"]).endswith("assistant\n") or tok.decode(enc["prompt_ids"]).endswith(
+        "<|assistant|>\n")
+    out = tmp_path / "dpo"
+    code, _, err = run_inprocess(capsys, "dpo", "--model_name_or_path", folder, "--output_dir", out, *DPO_ARGS,
+                                 "--max_steps", "4")
+    assert code == 0, err
+    gen = json.loads((out / "generation_config.json").read_text())
+    eos = gen["eos_token_id"] if isinstance(gen["eos_token_id"], list) else [gen["eos_token_id"]]
+    assert tok.convert_tokens_to_ids(eot) in eos
+    assert json.loads((out / "all_results.json").read_text())["merge_max_abs_logit_diff"] < 1e-3

@@ -114,8 +114,12 @@ def load_chat_model(path: str, stage: str):
     if not has_chat_template(tokenizer):
         raise ConfigError(f"{path} has no chat template, so {stage} has no prompt format to tune; instruction-tune "
                           f"it first (tinyllm sft --model_name_or_path {path}), then run {stage} on the SFT output")
-    if not is_chat_model(model, tokenizer):
-        eot = end_of_turn_token(tokenizer) or "its end-of-turn token"
+    eot = end_of_turn_token(tokenizer)
+    if not eot:
+        raise ConfigError(f"{path} has a chat template but no end-of-turn or eos token, so answers could never "
+                          f"stop; set eos_token in its tokenizer_config.json, or run tinyllm sft on it first")
+    if not is_chat_model(model, tokenizer) and tokenizer.chat_template == CHAT_TEMPLATE:
+        # a tinyllm base model: its tokenizer carries the ChatML template, but pretraining never saw a turn
         raise ConfigError(f"{path} is not a chat model: its generation does not stop at the end of a turn ({eot} is "
                           f"not among its eos ids), as a base model's does not; run tinyllm sft --model_name_or_path "
                           f"{path} first, then {stage} on the SFT output")
