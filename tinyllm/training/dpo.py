@@ -27,11 +27,17 @@ from tinyllm.data.preference_data import PreferenceData, build_preference_datase
 from tinyllm.data.sft_data import SFTCollator
 from tinyllm.evaluation.report import RunSummary
 from tinyllm.evaluation.scoring import evaluate_answers, mean_token_loss
-from tinyllm.hub import hardware_summary, push_folder
+from tinyllm.hub import hardware_summary
 from tinyllm.model_io import load_model_folder, resolve_model_path
 from tinyllm.training.adapters import load_chat_model, lora_config
 from tinyllm.training.callbacks import InterruptCallback
-from tinyllm.training.posttrain import TunedFolder, save_tuned_folder, trainable_counts, use_tinyllm_callbacks
+from tinyllm.training.posttrain import (
+    TunedFolder,
+    announce_folder,
+    save_tuned_folder,
+    trainable_counts,
+    use_tinyllm_callbacks,
+)
 from tinyllm.training.recovery import prepare_run, train_with_recovery
 
 if TYPE_CHECKING:
@@ -140,9 +146,8 @@ def run_dpo(model_args: PostTrainingModelArguments, data: DataArguments, opts: P
             eval_results=_eval_results(data, metrics), examples=after.get("answers", {}).get("examples", []),
             plot_title="DPO loss")
         out = save_tuned_folder(trainer, tokenizer, args, sample, lora.use_lora, info)
-        _announce(before, after, metrics, out)
-        if setup.push:
-            print(f"Pushed to {push_folder(out, args.hub_model_id, args.hub_private_repo, setup.hub_token)}")
+        _announce(before, after, metrics)
+        announce_folder(out, args, setup)
     trainer.accelerator.wait_for_everyone()
     return Path(args.output_dir)
 
@@ -190,7 +195,7 @@ def _summary(trainer, model_args, data, lora: LoraArguments, args, metrics: dict
                       details=details)
 
 
-def _announce(before: dict, after: dict, metrics: dict, out: Path) -> None:
+def _announce(before: dict, after: dict, metrics: dict) -> None:
     if metrics.get("reward_accuracy") is not None:
         print(f"\nheld-out preference pairs: reward accuracy {metrics['reward_accuracy']:.3f}, margin "
               f"{metrics['reward_margin']:.3f}")
@@ -205,6 +210,3 @@ def _announce(before: dict, after: dict, metrics: dict, out: Path) -> None:
               f"after DPO{langs}; answers that stop: {b['stopped_rate']:.0%} -> {a['stopped_rate']:.0%}")
         for ex in a["examples"][:4]:
             print(f"  Q: {ex['question']}\n  A: {ex['prediction']}   (expected: {ex['reference']})")
-    print(f"\nChat model saved to {out.resolve()} (adapter in {out / 'adapter'})\n"
-          f"  chat:      tinyllm chat --model {out}\n"
-          f"  in Python: pipeline('text-generation', model='{out}')([{{'role': 'user', 'content': '...'}}])")

@@ -26,11 +26,17 @@ from tinyllm.data.prompt_data import PromptData, build_prompt_datasets
 from tinyllm.errors import ConfigError
 from tinyllm.evaluation.report import RunSummary
 from tinyllm.evaluation.rewards import builtin_rewards, checked_reward, load_reward_function, pass_at_k
-from tinyllm.hub import hardware_summary, push_folder
+from tinyllm.hub import hardware_summary
 from tinyllm.inference.chat import encode_chat
 from tinyllm.training.adapters import load_chat_model, lora_config
 from tinyllm.training.callbacks import InterruptCallback
-from tinyllm.training.posttrain import TunedFolder, save_tuned_folder, trainable_counts, use_tinyllm_callbacks
+from tinyllm.training.posttrain import (
+    TunedFolder,
+    announce_folder,
+    save_tuned_folder,
+    trainable_counts,
+    use_tinyllm_callbacks,
+)
 from tinyllm.training.recovery import prepare_run, train_with_recovery
 
 if TYPE_CHECKING:
@@ -147,9 +153,8 @@ def run_grpo(model_args: PostTrainingModelArguments, data: DataArguments, opts: 
                            "metric_name": "pass@1", "value": round(metrics["pass@1"], 4)}] if "pass@1" in metrics
             else [], examples=(after or {}).get("examples", []), plot_title="GRPO loss")
         out = save_tuned_folder(trainer, tokenizer, args, sample, lora.use_lora, info)
-        _announce(before, after, metrics, out)
-        if setup.push:
-            print(f"Pushed to {push_folder(out, args.hub_model_id, args.hub_private_repo, setup.hub_token)}")
+        _announce(before, after, metrics)
+        announce_folder(out, args, setup)
     trainer.accelerator.wait_for_everyone()
     return Path(args.output_dir)
 
@@ -175,7 +180,7 @@ def _summary(trainer, model_args, data, lora: LoraArguments, args, metrics: dict
                       details=details)
 
 
-def _announce(before, after, metrics: dict, out: Path) -> None:
+def _announce(before, after, metrics: dict) -> None:
     if metrics.get("reward_first") is not None:
         print(f"\nmean reward: {metrics['reward_first']:.3f} (first log) -> {metrics['reward_last']:.3f} (last log)")
     if before and after:
@@ -183,6 +188,3 @@ def _announce(before, after, metrics: dict, out: Path) -> None:
               f"{before[f'pass@{PASS_K}']:.3f} -> {after[f'pass@{PASS_K}']:.3f} ({after['n']} problems)")
         for ex in after["examples"][:4]:
             print(f"  Q: {ex['question']}\n  A: {ex['prediction']}   (expected: {ex['reference']})")
-    print(f"\nChat model saved to {out.resolve()} (adapter in {out / 'adapter'})\n"
-          f"  chat:      tinyllm chat --model {out}\n"
-          f"  in Python: pipeline('text-generation', model='{out}')([{{'role': 'user', 'content': '...'}}])")

@@ -1,5 +1,6 @@
-"""What DPO and GRPO share around TRL's trainers: tinyllm's progress, doctor and interrupt callbacks on them,
-held-out answers before and after, and the saved folder (merged weights + adapter + cards), like SFT's.
+"""What the post-training stages (SFT, DPO, GRPO) share around their trainers: tinyllm's progress, doctor and
+interrupt callbacks on TRL's trainers, and the saved chat folder (merged weights + adapter + cards), announced and
+pushed the same way.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinyllm.evaluation.report import RunSummary, write_run_report
-from tinyllm.hub import CardInfo, make_generation_config, plot_loss, save_model_folder, write_model_card
+from tinyllm.hub import CardInfo, make_generation_config, plot_loss, push_folder, save_model_folder, write_model_card
 from tinyllm.inference.chat import chat_eos_ids
 from tinyllm.io import staged_into
 from tinyllm.training.adapters import merge_adapter
 from tinyllm.training.callbacks import DoctorCallback, InterruptCallback, ProgressLogger
 
-__all__ = ["use_tinyllm_callbacks", "TunedFolder", "save_tuned_folder", "trainable_counts"]
+__all__ = ["use_tinyllm_callbacks", "TunedFolder", "save_tuned_folder", "announce_folder", "trainable_counts"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,3 +90,12 @@ def save_tuned_folder(trainer, tokenizer, args, sample_ids, use_lora: bool, info
         v, (int, float, str)) and not (isinstance(v, float) and math.isnan(v))})
     trainer.save_state()
     return out
+
+
+def announce_folder(out: Path, args, setup) -> None:
+    """Where the chat model went and how to use it; the push to the Hub when asked (setup: recovery.RunSetup)."""
+    print(f"\nChat model saved to {out.resolve()} (adapter in {out / 'adapter'})\n"
+          f"  chat:      tinyllm chat --model {out}\n"
+          f"  in Python: pipeline('text-generation', model='{out}')([{{'role': 'user', 'content': '...'}}])")
+    if setup.push:
+        print(f"Pushed to {push_folder(out, args.hub_model_id, args.hub_private_repo, setup.hub_token)}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,21 +19,12 @@ from typing import TYPE_CHECKING
 
 from tinyllm.config import DataArguments, LoraArguments, SFTArguments, SFTModelArguments
 from tinyllm.data.sft_data import SFTCollator, SFTData, build_sft_datasets
-from tinyllm.evaluation.report import RunSummary, write_run_report
+from tinyllm.evaluation.report import RunSummary
 from tinyllm.evaluation.scoring import evaluate_answers, mean_token_loss
-from tinyllm.hub import (
-    CardInfo,
-    hardware_summary,
-    make_generation_config,
-    plot_loss,
-    push_folder,
-    save_model_folder,
-    write_model_card,
-)
-from tinyllm.inference.chat import chat_eos_ids
-from tinyllm.io import staged_into
-from tinyllm.training.adapters import build_lora_model, chat_token_ids, load_base, merge_adapter, without_adapter
+from tinyllm.hub import hardware_summary
+from tinyllm.training.adapters import build_lora_model, chat_token_ids, load_base, without_adapter
 from tinyllm.training.callbacks import DoctorCallback, InterruptCallback, TinyTrainer
+from tinyllm.training.posttrain import TunedFolder, announce_folder, save_tuned_folder
 from tinyllm.training.recovery import RunSetup, final_evaluation, prepare_run, train_with_recovery
 
 if TYPE_CHECKING:
@@ -152,11 +142,7 @@ def _announce(before: Scores, after: Scores, args, setup: RunSetup) -> None:
               f"{after.answers['stopped_rate']:.0%} (exact match suits short factual answers)")
         for ex in after.answers["examples"][:4]:
             print(f"  Q: {ex['question']}\n  A: {ex['prediction']}   (expected: {ex['reference']})")
-    print(f"\nChat model saved to {out.resolve()} (adapter in {out / 'adapter'})\n"
-          f"  chat:      tinyllm chat --model {out}\n"
-          f"  in Python: pipeline('text-generation', model='{out}')([{{'role': 'user', 'content': '...'}}])")
-    if setup.push:
-        print(f"Pushed to {push_folder(out, args.hub_model_id, args.hub_private_repo, setup.hub_token)}")
+    announce_folder(out, args, setup)
 
 
 def _summary(trainer, model_args: SFTModelArguments, data: DataArguments, lora: LoraArguments, metrics: dict,
@@ -184,37 +170,19 @@ def _save_sft(trainer, tokenizer, sft: SFTData, model_args: SFTModelArguments, d
               lora: LoraArguments, args, metrics: dict, after: Scores, summary: RunSummary) -> None:
     import torch
 
-    out = Path(args.output_dir)
-    with staged_into(out) as staging:
-        model = trainer.model
-        sample = torch.tensor([sft.train[0]["input_ids"][:64]], device=model.device)
-        if lora.use_lora:
-            merged, metrics["merge_max_abs_logit_diff"] = merge_adapter(model, sample, staging, tokenizer)
-        else:
-            merged = model
-        # the template's end-of-turn token is the eos, so answers stop by themselves in pipeline() and llama.cpp
-        gen = make_generation_config(tokenizer, args, eos_ids=chat_eos_ids(tokenizer, merged))
-        save_model_folder(merged, tokenizer, gen, staging)
-        if args.plot_loss:
-            plot_loss(trainer.state.log_history, staging / "loss_curve.png", title="SFT loss (answer tokens only)")
-        examples = after.answers["examples"] if after.answers else []
-        (staging / "sft_eval_examples.json").write_text(json.dumps(examples, indent=2, ensure_ascii=False))
-        question = sft.eval_conversations[0][-2]["content"] if sft.eval_conversations else "Hello!"
-        results = []
-        if after.answers is not None:
-            results.append({"dataset": data.dataset_name, "metric": "exact_match", "task_name": "held-out questions",
-                            "metric_name": "exact match", "value": round(metrics["exact_match"], 4)})
-        if metrics.get("eval_answer_loss") is not None:
-            results.append({"dataset": data.dataset_name, "metric": "loss", "task_name": "held-out answers",
-                            "metric_name": "answer-token loss", "value": round(metrics["eval_answer_loss"], 4)})
-        card = CardInfo(name=args.hub_model_id or out.name, title=f"tinyllm chat model ({out.name})",
-                        datasets=[data.dataset_name], license=args.license, summary=summary.rows(), chat=True,
-                        description=f"An instruction-tuned version of {model_args.model_name_or_path}, trained "
-                                    f"with LoRA on question-answer pairs and merged into plain transformers weights.",
-                        usage_prompt=question, base_model=model_args.model_name_or_path, eval_results=results)
-        write_model_card(staging, card)
-        write_run_report(staging, out, summary=summary, metrics=metrics, samples=[
-            f"Q: {e['question']}\nA: {e['prediction']}" for e in examples[:4]], log_history=trainer.state.log_history)
-    trainer.save_metrics("all", {k: v for k, v in metrics.items() if v is not None and not
-                                 (isinstance(v, float) and math.isnan(v))})
-    trainer.save_state()
+    sample = torch.tensor([sft.train[0]["input_ids"][:64]], device=trainer.model.device)
+    results = []
+    if after.answers is not None:
+        results.append({"dataset": data.dataset_name, "metric": "exact_match", "task_name": "held-out questions",
+                        "metric_name": "exact match", "value": round(metrics["exact_match"], 4)})
+    if metrics.get("eval_answer_loss") is not None:
+        results.append({"dataset": data.dataset_name, "metric": "loss", "task_name": "held-out answers",
+                        "metric_name": "answer-token loss", "value": round(metrics["eval_answer_loss"], 4)})
+    info = TunedFolder(
+        stage="sft", base_model=model_args.model_name_or_path, dataset=data.dataset_name,
+        description=f"An instruction-tuned version of {model_args.model_name_or_path}, trained with LoRA on "
+                    f"question-answer pairs and merged into plain transformers weights.",
+        usage_prompt=sft.eval_conversations[0][-2]["content"] if sft.eval_conversations else "Hello!",
+        summary=summary, metrics=metrics, eval_results=results,
+        examples=after.answers["examples"] if after.answers else [], plot_title="SFT loss (answer tokens only)")
+    save_tuned_folder(trainer, tokenizer, args, sample, lora.use_lora, info)
