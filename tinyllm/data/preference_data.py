@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from tinyllm.config import DataArguments, PreferenceArguments
 from tinyllm.data.builtin import ANIMALS, fact_sentences, generate_qa
-from tinyllm.data.sft_data import load_qa_rows
+from tinyllm.data.sft_data import held_out_split, load_qa_rows
 from tinyllm.errors import DataError
 from tinyllm.inference.chat import encode_chat, encode_for_training
 
@@ -194,21 +194,10 @@ def build_preference_datasets(data: DataArguments, pref: PreferenceArguments, to
     share of the records). Pairs longer than max_length are counted and dropped with a warning."""
     import datasets
 
-    train_records = _records(data, data.dataset_split, seed)
+    train_records, val_records = held_out_split(data, lambda split: _records(data, split, seed),
+                                                data.dataset_name in BUILTIN_NAMES, seed)
     if not train_records:
         raise DataError(f"{data.dataset_name} has no records; accepted formats: {FORMATS}")
-    if data.dataset_name in BUILTIN_NAMES:
-        val_records = _records(data, "test", seed)
-    elif data.validation_split_name:
-        val_records = _records(data, data.validation_split_name, seed)
-    elif len(train_records) > 1 and data.validation_split_percentage:
-        order = list(range(len(train_records)))
-        random.Random(seed).shuffle(order)
-        n_val = max(1, round(len(order) * data.validation_split_percentage / 100))
-        val_records = [train_records[i] for i in order[:n_val]]
-        train_records = [train_records[i] for i in sorted(order[n_val:])]
-    else:
-        val_records = []
     if pref.max_examples:
         train_records = train_records[: pref.max_examples]
     train, dropped_train = _encode_all(train_records, tokenizer, max_length)

@@ -8,12 +8,10 @@ any, becomes `answer`).
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 from tinyllm.config import DataArguments, GRPOArguments
-from tinyllm.data.builtin import generate_arithmetic
-from tinyllm.data.sft_data import load_qa_rows
+from tinyllm.data.sft_data import BUILTIN_QA, held_out_split, load_qa_rows
 from tinyllm.errors import DataError
 
 __all__ = ["FORMATS", "record_to_prompt", "build_prompt_datasets", "PromptData"]
@@ -54,32 +52,18 @@ class PromptData:
     stats: dict
 
 
-def _records(data: DataArguments, split: str) -> list[tuple[str, dict]]:
-    if data.dataset_name == "builtin_arithmetic":
-        key = "test" if split in ("test", "validation") else "train"
-        return [(f"builtin_arithmetic[{key}][{i}]", r) for i, r in enumerate(generate_arithmetic()[key])]
-    return load_qa_rows(data.dataset_name, split, data.dataset_config_name, data.cache_dir)
-
-
 def build_prompt_datasets(data: DataArguments, opts: GRPOArguments, seed: int = 0) -> PromptData:
     """Training prompts and held-out prompts (the built-in task's held-out problems, the split named, or a seeded
     share of the records), disjoint."""
     import datasets
 
-    train = [record_to_prompt(r, w) for w, r in _records(data, data.dataset_split)]
-    if not train:
+    train_records, held_records = held_out_split(
+        data, lambda split: load_qa_rows(data.dataset_name, split, data.dataset_config_name, data.cache_dir),
+        data.dataset_name in BUILTIN_QA, seed)
+    if not train_records:
         raise DataError(f"{data.dataset_name} has no records; GRPO needs {FORMATS}")
-    if data.dataset_name == "builtin_arithmetic":
-        held = [record_to_prompt(r, w) for w, r in _records(data, "test")]
-    elif data.validation_split_name:
-        held = [record_to_prompt(r, w) for w, r in _records(data, data.validation_split_name)]
-    elif len(train) > 1 and data.validation_split_percentage:
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        n = max(1, round(len(order) * data.validation_split_percentage / 100))
-        held, train = [train[i] for i in order[:n]], [train[i] for i in sorted(order[n:])]
-    else:
-        held = []
+    train = [record_to_prompt(r, w) for w, r in train_records]
+    held = [record_to_prompt(r, w) for w, r in held_records]
     if opts.max_prompts:
         train = train[: opts.max_prompts]
     columns = sorted(set(train[0]))
