@@ -15,7 +15,8 @@ from pathlib import Path
 
 from tinyllm.data.builtin import parse_integer
 from tinyllm.errors import ConfigError, DataError, first_line
-from tinyllm.inference.chat import chat_eos_ids, encode_chat
+from tinyllm.evaluation.scoring import generate_answers
+from tinyllm.inference.chat import chat_eos_ids
 from tinyllm.modeling import eval_mode
 
 __all__ = ["completion_text", "exact_answer_reward", "format_reward", "builtin_rewards", "load_reward_function",
@@ -132,30 +133,20 @@ def pass_at_k(model, tokenizer, conversations: list[list[dict]], answers: list[s
     import torch
 
     eos = chat_eos_ids(tokenizer, model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     greedy_ok, any_ok, preds = [], [], []
     torch.manual_seed(seed)
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model):
         for i in range(0, len(conversations), batch_size):
             chunk, refs = conversations[i: i + batch_size], answers[i: i + batch_size]
-            prompts = [encode_chat(tokenizer, c, add_generation_prompt=True) for c in chunk]
-            width = max(len(p) for p in prompts)
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
-            runs = [dict(do_sample=False)] + ([dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                                                    num_return_sequences=k)] if k > 1 else [])
-            for n, kw in enumerate(runs):
-                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                     eos_token_id=eos, pad_token_id=pad, repetition_penalty=1.0, **kw)
-                texts = [_decode(tokenizer, row, eos) for row in out[:, width:].tolist()]
-                per = kw.get("num_return_sequences", 1)
-                for j, ref in enumerate(refs):
-                    ok = [parse_integer(t) == int(ref) for t in texts[j * per:(j + 1) * per]]
-                    if n == 0:
-                        greedy_ok.append(ok[0])
-                        preds.append(texts[j])
-                    else:
-                        any_ok.append(any(ok))
+            greedy = [t for t, _ in generate_answers(model, tokenizer, chunk, max_new_tokens, eos, do_sample=False)]
+            preds += greedy
+            greedy_ok += [parse_integer(t) == int(r) for t, r in zip(greedy, refs)]
+            if k > 1:
+                sampled = [t for t, _ in generate_answers(model, tokenizer, chunk, max_new_tokens, eos,
+                                                          do_sample=True, temperature=temperature, top_k=0,
+                                                          top_p=1.0, num_return_sequences=k)]
+                any_ok += [any(parse_integer(t) == int(r) for t in sampled[j * k:(j + 1) * k])
+                           for j, r in enumerate(refs)]
     out = {"pass@1": sum(greedy_ok) / max(len(greedy_ok), 1), "n": len(greedy_ok),
            "examples": [{"question": c[-1]["content"], "reference": r, "prediction": p}
                         for c, r, p in zip(conversations, answers, preds)][:8]}
@@ -163,7 +154,3 @@ def pass_at_k(model, tokenizer, conversations: list[list[dict]], answers: list[s
         out[f"pass@{k}"] = sum(any_ok) / max(len(any_ok), 1)
     return out
 
-
-def _decode(tokenizer, row: list[int], eos: list[int]) -> str:
-    stop = next((i for i, t in enumerate(row) if t in eos), None)
-    return tokenizer.decode(row[:stop], skip_special_tokens=True).strip()

@@ -11,7 +11,7 @@ from tinyllm.evaluation.metrics import metric_path
 from tinyllm.inference.chat import chat_eos_ids, encode_chat
 from tinyllm.modeling import eval_mode
 
-__all__ = ["mean_token_loss", "heldout_bits_per_byte", "score_choices", "evaluate_answers"]
+__all__ = ["mean_token_loss", "heldout_bits_per_byte", "score_choices", "generate_answers", "evaluate_answers"]
 
 
 def mean_token_loss(model, dataset, batch_size: int = 16, collate=None) -> float:
@@ -76,6 +76,28 @@ def score_choices(model, tokenizer, context: str, choices: list[str]) -> list[fl
     return scores
 
 
+def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, eos: list[int],
+                     **generate_kwargs) -> list[tuple[str, bool]]:
+    """Answers to a batch of chat prompts, (text, stopped) per returned sequence: prompts left-padded so every
+    answer starts at one column, each answer cut at its first stop token (`eos`), no repetition penalty (greedy
+    means greedy: the folder's 1.1 would penalize answers such as "牛会说哞哞。")."""
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    ids = [encode_chat(tokenizer, c, add_generation_prompt=True) for c in prompts]
+    width = max(len(p) for p in ids)
+    batch = torch.tensor([[pad] * (width - len(p)) + p for p in ids], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ids], device=model.device)
+    with torch.no_grad():
+        out = model.generate(input_ids=batch, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                             pad_token_id=pad, repetition_penalty=1.0, **generate_kwargs)
+    answers = []
+    for row in out[:, width:].tolist():
+        stop = next((k for k, t in enumerate(row) if t in eos), None)
+        answers.append((tokenizer.decode(row[:stop], skip_special_tokens=True).strip(), stop is not None))
+    return answers
+
+
 def evaluate_answers(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 32,
                      batch_size: int = 16) -> dict:
     """Greedy answers (no repetition penalty) to the held-out questions: exact match (local evaluate module),
@@ -83,27 +105,17 @@ def evaluate_answers(model, tokenizer, conversations: list[list[dict]], max_new_
     max_new_tokens. Exact match measures short factual answers; for open-ended answers compare the held-out
     answer-token loss instead."""
     import evaluate
-    import torch
 
     eos = chat_eos_ids(tokenizer, model)
-    pad = tokenizer.pad_token_id
     preds, refs, stopped = [], [], 0
     with eval_mode(model):
         for i in range(0, len(conversations), batch_size):
             chunk = conversations[i: i + batch_size]
-            prompts = [encode_chat(tokenizer, c[:-1], add_generation_prompt=True) for c in chunk]
             refs += [c[-1]["content"] for c in chunk]
-            width = max(len(p) for p in prompts)  # left padding: every answer starts at the same column
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
-            with torch.no_grad():
-                # truly greedy: the folder's repetition_penalty (1.1) would penalize answers such as "牛会说哞哞。"
-                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                     do_sample=False, eos_token_id=eos, pad_token_id=pad, repetition_penalty=1.0)
-            for row in out[:, width:].tolist():
-                stop = next((k for k, t in enumerate(row) if t in eos), None)
-                stopped += int(stop is not None)
-                preds.append(tokenizer.decode(row[:stop], skip_special_tokens=True).strip())
+            for text, stop in generate_answers(model, tokenizer, [c[:-1] for c in chunk], max_new_tokens, eos,
+                                               do_sample=False):
+                stopped += int(stop)
+                preds.append(text)
     em = evaluate.load(metric_path("exact_match"))
     langs = [language_of(c[-2]["content"]) for c in conversations]
     per_language = {}
