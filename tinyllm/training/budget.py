@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import statistics
 import time
 
 from transformers import TrainerCallback
@@ -120,13 +121,12 @@ class BudgetCallback(TrainerCallback):
         return control
 
     def _estimate(self, args, state) -> None:
-        recent = sorted(self.step_times[-50:])[len(self.step_times[-50:]) // 2]  # median: robust to a slow step
+        recent = statistics.median(self.step_times[-50:])  # robust to a slow step
         eval_cost = max(self.eval_s) if self.eval_s else recent * 20
         save_cost = max(self.save_s) if self.save_s else recent * 5
-        eval_every = args.eval_steps if str(args.eval_strategy) not in ("no", "IntervalStrategy.NO") and \
-            args.eval_steps else None
-        save_every = args.save_steps if str(args.save_strategy) not in ("no", "SaveStrategy.NO") and \
-            args.save_steps else None
+        # the strategies are str enums: equal to their plain names
+        eval_every = args.eval_steps if args.eval_strategy != "no" and args.eval_steps else None
+        save_every = args.save_steps if args.save_strategy != "no" and args.save_steps else None
         per_step = recent + (eval_cost / eval_every if eval_every else 0) + (save_cost / save_every if save_every
                                                                             else 0)
         final = eval_cost + 2 * save_cost  # the final evaluation with samples, and the saved folder
