@@ -169,6 +169,11 @@ class LoraArguments:
     )
 
 
+def _check_answer_eval_examples(n: int) -> None:
+    if n < 0:
+        raise ConfigError(f"answer_eval_examples must be >= 0 (0 turns it off), got {n}")
+
+
 @dataclass
 class SFTArguments:
     """How question-answer data becomes training examples, and how answers are scored after training."""
@@ -190,8 +195,7 @@ class SFTArguments:
                 f"truncation must be 'drop' or 'truncate', got '{self.truncation}'"
                 + suggest(self.truncation, ["drop", "truncate"])
             )
-        if self.answer_eval_examples < 0:
-            raise ConfigError(f"answer_eval_examples must be >= 0 (0 turns it off), got {self.answer_eval_examples}")
+        _check_answer_eval_examples(self.answer_eval_examples)
 
 
 COMPILE_HELP = ("Compile the one-token decoding step (torch.compile, static KV cache): ~2x tokens/s at batch 1 "
@@ -338,8 +342,7 @@ class PreferenceArguments:
         "help": "Held-out questions answered (greedy) before and after for exact match; 0 turns it off."})
 
     def __post_init__(self):
-        if self.answer_eval_examples < 0:
-            raise ConfigError(f"answer_eval_examples must be >= 0 (0 turns it off), got {self.answer_eval_examples}")
+        _check_answer_eval_examples(self.answer_eval_examples)
 
 
 @dataclass
@@ -355,8 +358,7 @@ class GRPOArguments:
         "help": "Held-out problems answered (greedy) before and after for pass@1; 0 turns it off."})
 
     def __post_init__(self):
-        if self.answer_eval_examples < 0:
-            raise ConfigError(f"answer_eval_examples must be >= 0 (0 turns it off), got {self.answer_eval_examples}")
+        _check_answer_eval_examples(self.answer_eval_examples)
 
 
 @dataclass
@@ -427,7 +429,21 @@ class ExportArguments:
 
 
 @dataclass
-class DPOTrainingOptions(RunDefaults):
+class TRLRunDefaults(RunDefaults):
+    """What DPO and GRPO (TRL's configs) change the same way."""
+
+    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most N checkpoints."})
+    # TRL turns checkpointing on by default; on models this small it only slows training
+    activation_checkpointing: Optional[bool] = field(default=False, metadata={
+        "help": "Recompute activations in the backward pass (saves memory on big models, slows small ones)."})
+    gradient_checkpointing: Optional[bool] = field(default=None, metadata={
+        "help": "Old name of activation_checkpointing (TRL turns it on by default; tinyllm does not)."})
+    gen_temperature: float = field(default=0.3, metadata={"help": "Sampling temperature stored in "
+                                                                  "generation_config.json."})
+
+
+@dataclass
+class DPOTrainingOptions(TRLRunDefaults):
     """Training: TRL's DPOConfig (transformers.TrainingArguments plus DPO's own), with defaults for LoRA on small
     chat models on a CPU."""
 
@@ -451,20 +467,12 @@ class DPOTrainingOptions(RunDefaults):
     eval_steps: float = field(default=50, metadata={"help": "Evaluate every N steps."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     save_steps: float = field(default=50, metadata={"help": "Checkpoint every N steps."})
-    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most N checkpoints."})
-    # TRL turns checkpointing on by default; on models this small it only slows training
-    activation_checkpointing: Optional[bool] = field(default=False, metadata={
-        "help": "Recompute activations in the backward pass (saves memory on big models, slows small ones)."})
-    gradient_checkpointing: Optional[bool] = field(default=None, metadata={
-        "help": "Old name of activation_checkpointing (TRL turns it on by default; tinyllm does not)."})
-    gen_temperature: float = field(default=0.3, metadata={"help": "Sampling temperature stored in "
-                                                                  "generation_config.json."})
 
 
 @dataclass
-class GRPOTrainingOptions(RunDefaults):
-    """Training: TRL's GRPOConfig (transformers.TrainingArguments plus GRPO's own), with defaults for LoRA on small
-    chat models on a CPU."""
+class GRPOTrainingOptions(TRLRunDefaults):
+    """Training: TRL's GRPOConfig (transformers.TrainingArguments plus GRPO's own), with defaults for small chat
+    models on a CPU (full fine-tuning: the grpo command's default)."""
 
     output_dir: str = field(default="outputs/grpo", metadata={"help": "Where the tuned chat model and adapter go."})
     # measured on builtin_arithmetic (benchmarks/post_training.py): full fine-tuning at 1e-4 with 16 prompts x 8
@@ -483,10 +491,3 @@ class GRPOTrainingOptions(RunDefaults):
                                                                "and after in any case."})
     logging_steps: float = field(default=5, metadata={"help": "Log every N steps."})
     save_steps: float = field(default=50, metadata={"help": "Checkpoint every N steps."})
-    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most N checkpoints."})
-    activation_checkpointing: Optional[bool] = field(default=False, metadata={
-        "help": "Recompute activations in the backward pass (saves memory on big models, slows small ones)."})
-    gradient_checkpointing: Optional[bool] = field(default=None, metadata={
-        "help": "Old name of activation_checkpointing (TRL turns it on by default; tinyllm does not)."})
-    gen_temperature: float = field(default=0.3, metadata={"help": "Sampling temperature stored in "
-                                                                  "generation_config.json."})
