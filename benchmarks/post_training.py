@@ -45,20 +45,29 @@ def results(folder: Path) -> dict:
     return json.loads((folder / "all_results.json").read_text())
 
 
-def dpo_seed(work: Path, seed: int) -> dict:
-    base, sft, dpo, more = (work / n for n in ("base", "sft", "dpo", "sft_more"))
+def recipe(command: str, config: str, seed: int, out: Path, *flags, model: Path | None = None) -> float:
+    """Run a shipped recipe with only the seed, the start model and the output folder changed; its wall time."""
+    start = ["--model_name_or_path", model] if model is not None else []
+    return tinyllm(command, "--config", f"recipes/configs/{config}.yaml", "--seed", seed, *start, "--output_dir", out,
+                   "--report_to", "none", "--overwrite_output_dir", "true", *flags)
+
+
+def chain(work: Path, seed: int, sft_config: str, sft_name: str) -> tuple[Path, Path]:
+    """The pretrained base and its SFT model for this seed, trained unless a previous run left them."""
+    base, sft = work / "base", work / sft_name
     if not (base / "model.safetensors").is_file():
-        tinyllm("pretrain", "--config", "recipes/configs/quickstart.yaml", "--seed", seed, "--output_dir", base,
-                "--report_to", "none", "--overwrite_output_dir", "true")
+        recipe("pretrain", "quickstart", seed, base)
     if not (sft / "model.safetensors").is_file():
-        tinyllm("sft", "--config", "recipes/configs/sft_quickstart.yaml", "--seed", seed, "--model_name_or_path",
-                base, "--output_dir", sft, "--report_to", "none", "--overwrite_output_dir", "true")
-    wall = tinyllm("dpo", "--config", "recipes/configs/dpo_quickstart.yaml", "--seed", seed, "--model_name_or_path",
-                   sft, "--output_dir", dpo, "--report_to", "none", "--overwrite_output_dir", "true")
+        recipe("sft", sft_config, seed, sft, model=base)
+    return base, sft
+
+
+def dpo_seed(work: Path, seed: int) -> dict:
+    _, sft = chain(work, seed, "sft_quickstart", "sft")
+    dpo, more = work / "dpo", work / "sft_more"
+    wall = recipe("dpo", "dpo_quickstart", seed, dpo, model=sft)
     r = results(dpo)
-    more_wall = tinyllm("sft", "--config", "recipes/configs/sft_quickstart.yaml", "--seed", seed,
-                        "--model_name_or_path", sft, "--output_dir", more, "--max_steps", 150,  # DPO's steps
-                        "--report_to", "none", "--overwrite_output_dir", "true")
+    more_wall = recipe("sft", "sft_quickstart", seed, more, "--max_steps", 150, model=sft)  # DPO's steps
     return {"seed": seed, "dpo_wall_s": wall, "dpo_train_s": r["train_runtime"], "more_sft_wall_s": more_wall,
             "reward_accuracy": r["reward_accuracy"], "reward_margin": r["reward_margin"],
             "chosen_bpb_before": r["chosen_bits_per_byte_before"], "chosen_bpb_after": r["chosen_bits_per_byte"],
@@ -66,21 +75,12 @@ def dpo_seed(work: Path, seed: int) -> dict:
 
 
 def grpo_seed(work: Path, seed: int) -> dict:
-    base, sft, grpo, more = (work / n for n in ("base", "sft_arithmetic", "grpo", "sft_arithmetic_more"))
-    if not (base / "model.safetensors").is_file():
-        tinyllm("pretrain", "--config", "recipes/configs/quickstart.yaml", "--seed", seed, "--output_dir", base,
-                "--report_to", "none", "--overwrite_output_dir", "true")
-    if not (sft / "model.safetensors").is_file():
-        tinyllm("sft", "--config", "recipes/configs/sft_arithmetic.yaml", "--seed", seed, "--model_name_or_path",
-                base, "--output_dir", sft, "--report_to", "none", "--overwrite_output_dir", "true")
-    wall = tinyllm("grpo", "--config", "recipes/configs/grpo_arithmetic.yaml", "--seed", seed,
-                   "--model_name_or_path", sft, "--output_dir", grpo, "--report_to", "none",
-                   "--overwrite_output_dir", "true")
+    _, sft = chain(work, seed, "sft_arithmetic", "sft_arithmetic")
+    grpo, more = work / "grpo", work / "sft_arithmetic_more"
+    wall = recipe("grpo", "grpo_arithmetic", seed, grpo, model=sft)
     r, s = results(grpo), results(sft)
     steps = max(1, round(r["train_runtime"] / (s["train_runtime"] / 600)))  # SFT steps in GRPO's training time
-    more_wall = tinyllm("sft", "--config", "recipes/configs/sft_arithmetic.yaml", "--seed", seed,
-                        "--model_name_or_path", sft, "--output_dir", more, "--max_steps", steps, "--warmup_steps", 0,
-                        "--report_to", "none", "--overwrite_output_dir", "true")
+    more_wall = recipe("sft", "sft_arithmetic", seed, more, "--max_steps", steps, "--warmup_steps", 0, model=sft)
     return {"seed": seed, "grpo_wall_s": wall, "grpo_train_s": r["train_runtime"], "more_sft_steps": steps,
             "more_sft_wall_s": more_wall, "reward_first": r["reward_first"], "reward_last": r["reward_last"],
             "no_signal": r["no_signal_share_mean"], "sft": scores(sft, "builtin_arithmetic"),
