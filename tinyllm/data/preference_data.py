@@ -208,9 +208,8 @@ def build_preference_datasets(data: DataArguments, pref: PreferenceArguments, to
     if not train:
         raise DataError(f"no usable training pairs in {data.dataset_name}: all {len(train_records)} are longer "
                         f"than max_length={max_length} tokens; raise --max_length")
-    questions = [json.loads(r["messages"]) for r in val]
-    if data.dataset_name in BUILTIN_NAMES:  # each held-out question once (it has several rejected answers)
-        questions = [json.loads(m) for m in dict.fromkeys(r["messages"] for r in val)]
+    # each held-out question once, however many rejected answers it has
+    questions = [json.loads(m) for m in dict.fromkeys(r["messages"] for r in val)]
     cols = ["prompt_ids", "chosen_ids", "rejected_ids"]
     train_ds = datasets.Dataset.from_list([{k: r[k] for k in cols} for r in train])
     val_ds = datasets.Dataset.from_list([{k: r[k] for k in cols} for r in val]) if val else None
