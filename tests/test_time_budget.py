@@ -61,3 +61,31 @@ def test_a_budgeted_run_stops_by_itself_with_the_schedule_done(tmp_path, capsys)
     assert max(lrs) == pytest.approx(0.005, rel=0.05)
     assert lrs[-1] < 0.005 * 0.2  # decayed to near the 10% floor at the last step: the schedule completed
     assert state["global_step"] == steps
+
+
+def test_a_slow_start_does_not_end_the_run_early(monkeypatch):
+    """Five slow first steps (another process, start-up) must not fix the run's length: it is measured again
+    before stopping, and the budget is still kept."""
+    from types import SimpleNamespace
+
+    from tinyllm.training import budget as budget_module
+    from tinyllm.training.budget import BudgetCallback
+
+    clock = [0.0]
+    monkeypatch.setattr(budget_module.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(budget_module.time, "time", lambda: 1000.0 + clock[0])
+    budget = TimeBudget(100, start=1000.0)
+    cb = BudgetCallback(budget, probe_steps=5, every=10, eval_sequences=0)
+    args = SimpleNamespace(eval_strategy="no", eval_steps=None, save_strategy="no", save_steps=None,
+                           per_device_train_batch_size=8, gradient_accumulation_steps=1)
+    state = SimpleNamespace(global_step=0, max_steps=0)
+    control = SimpleNamespace(should_training_stop=False, should_save=False, should_evaluate=False)
+    for step in range(1, 10_000):
+        cb.on_step_begin(args, state, control)
+        clock[0] += 12.0 if step <= 5 else 0.1  # 60 s for the first five steps, then 0.1 s a step
+        state.global_step = step
+        cb.on_step_end(args, state, control)
+        if control.should_training_stop:
+            break
+    assert state.global_step > 250  # ~33 s of fast steps fit after the slow start and the final reserve
+    assert clock[0] <= 100  # and the deadline holds

@@ -85,8 +85,9 @@ class BudgetCallback(TrainerCallback):
     (evaluation plus samples) and checkpoint between two steps. Future evaluations and checkpoints are counted at
     their measured cost, and room is kept for the final evaluation and the saved folder."""
 
-    def __init__(self, budget: TimeBudget, probe_steps: int = 5, every: int = 10):
+    def __init__(self, budget: TimeBudget, probe_steps: int = 5, every: int = 10, eval_sequences: int | None = None):
         self.budget, self.probe_steps, self.every = budget, probe_steps, every
+        self.eval_sequences = eval_sequences  # the held-out set's size, for the final evaluation's cost
         self.step_times: list[float] = []
         self.eval_s: list[float] = []
         self.save_s: list[float] = []
@@ -111,25 +112,47 @@ class BudgetCallback(TrainerCallback):
         self._end = time.perf_counter()
         if self._begin is not None:
             self.step_times.append(self._end - self._begin)
-        if len(self.step_times) >= self.probe_steps and (not self.budget.measured or
-                                                          state.global_step % self.every == 0):
-            self._estimate(args, state)
+        # estimate after `probe_steps` steps, or sooner when steps are slow (a step over 2% of the budget: five of
+        # them would spend a tenth of it before the first estimate)
+        ready = len(self.step_times) >= self.probe_steps or sum(self.step_times) > 0.02 * self.budget.seconds
+        if ready and (not self.budget.measured or state.global_step % self.every == 0):
+            self._estimate(args, state, kwargs.get("model"))
+        if self.budget.measured and state.global_step >= self.budget.total_steps and \
+                state.global_step % self.every != 0:
+            # measure again before stopping, from the last few steps: the machine may have been slow when the
+            # last estimate was made (start-up, another process) and faster since
+            self._estimate(args, state, kwargs.get("model"), window=5)
         if self.budget.measured and state.global_step >= self.budget.total_steps:
             control.should_training_stop = True
             control.should_save = False  # the stage saves the final model itself
             control.should_evaluate = False  # and evaluates it once, after training
         return control
 
-    def _estimate(self, args, state) -> None:
-        recent = statistics.median(self.step_times[-50:])  # robust to a slow step
-        eval_cost = max(self.eval_s) if self.eval_s else recent * 20
-        save_cost = max(self.save_s) if self.save_s else recent * 5
+    def _guess_eval(self, args, step_s: float) -> float:
+        """Before any evaluation was timed: a forward pass costs about a third of a training step per sequence
+        (x1.5 for safety), plus a second for the samples and the bookkeeping; unknown size: 20 steps."""
+        if self.eval_sequences is None:
+            return step_s * 20
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        return 1.5 * step_s * self.eval_sequences / max(per_step, 1) / 3 + 1.0
+
+    @staticmethod
+    def _guess_save(model) -> float:
+        """Before any checkpoint was timed: weights and AdamW's two moments (12 bytes a parameter) at ~200 MB/s."""
+        if model is None:
+            return 2.0
+        return 0.5 + 12 * model.num_parameters() / 200e6
+
+    def _estimate(self, args, state, model=None, window: int = 50) -> None:
+        recent = statistics.median(self.step_times[-window:])  # robust to a slow step
+        eval_cost = max(self.eval_s) if self.eval_s else self._guess_eval(args, recent)
+        save_cost = max(self.save_s) if self.save_s else self._guess_save(model)
         # the strategies are str enums: equal to their plain names
         eval_every = args.eval_steps if args.eval_strategy != "no" and args.eval_steps else None
         save_every = args.save_steps if args.save_strategy != "no" and args.save_steps else None
         per_step = recent + (eval_cost / eval_every if eval_every else 0) + (save_cost / save_every if save_every
                                                                             else 0)
-        final = eval_cost + 2 * save_cost  # the final evaluation with samples, and the saved folder
+        final = eval_cost + 2 * save_cost + 2.0  # the final evaluation with samples, the folder, its plot and cards
         more = int(max(self.budget.remaining() - final, 0) / per_step)
         total = state.global_step + more
         first = not self.budget.measured

@@ -204,7 +204,8 @@ def _train(model, tokenizer, model_args: ModelArguments, data: DataArguments, ar
         return TinyTrainer(
             model=m, args=args, train_dataset=lm.train, eval_dataset=lm.eval, data_collator=default_data_collator,
             processing_class=tokenizer,
-            callbacks=[sampler, doctor, interrupt] + ([BudgetCallback(budget)] if budget else []),
+            callbacks=[sampler, doctor, interrupt] + (
+                [BudgetCallback(budget, eval_sequences=len(lm.eval) if lm.eval is not None else 0)] if budget else []),
             tokens_per_step=plan["tokens_per_step"], eval_tokens_per_byte=lm.eval_tokens_per_byte,
             eval_tokens_per_char=lm.eval_tokens_per_char, entropy_floor=floor,
             optimizer_cls_and_kwargs=args.optimizer_factory(), budget=budget,
