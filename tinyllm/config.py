@@ -34,6 +34,7 @@ __all__ = [
     "GRPOArguments",
     "GRPOTrainingOptions",
     "PostTrainingModelArguments",
+    "SpeedrunArguments",
 ]
 
 
@@ -232,6 +233,10 @@ class OutputArguments:
     seed: int = field(default=42, metadata={"help": "Random seed."})
 
 
+TIME_BUDGET_HELP = ("End by this wall time (90s, 10m, 1.5h), counted from the start of the command, with the "
+                    "learning-rate schedule completed: the steps are measured as the run goes (replaces max_steps).")
+
+
 @dataclass
 class RunDefaults:
     """Options shared by pretraining and SFT: precision policy, the sampling defaults saved with the model, and the
@@ -282,9 +287,7 @@ class PretrainTrainingOptions(RunDefaults):
     # small batches: a shorter second-moment memory is more stable (nanoGPT uses 0.99)
     adam_beta2: float = field(default=0.99, metadata={"help": "AdamW beta2."})
     max_steps: int = field(default=2000, metadata={"help": "Optimizer steps (overrides num_train_epochs)."})
-    time_budget: Optional[str] = field(default=None, metadata={
-        "help": "End by this wall time (90s, 10m, 1.5h), counted from the start of the command, with the learning-rate "
-                "schedule completed: the steps are measured as the run goes (replaces max_steps)."})
+    time_budget: Optional[str] = field(default=None, metadata={"help": TIME_BUDGET_HELP})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Micro-batch per device."})
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch per device."})
     eval_steps: float = field(default=250, metadata={"help": "Evaluate every N steps."})
@@ -313,6 +316,7 @@ class SFTTrainingOptions(RunDefaults):
     warmup_steps: int = field(default=20, metadata={"help": "Linear warmup steps."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     max_steps: int = field(default=300, metadata={"help": "Optimizer steps."})
+    time_budget: Optional[str] = field(default=None, metadata={"help": TIME_BUDGET_HELP})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Micro-batch per device."})
     per_device_eval_batch_size: int = field(default=16, metadata={"help": "Evaluation batch per device."})
     eval_steps: float = field(default=100, metadata={"help": "Evaluate every N steps."})
@@ -491,3 +495,36 @@ class GRPOTrainingOptions(TRLRunDefaults):
                                                                "and after in any case."})
     logging_steps: float = field(default=5, metadata={"help": "Log every N steps."})
     save_steps: float = field(default=50, metadata={"help": "Checkpoint every N steps."})
+
+
+@dataclass
+class SpeedrunArguments:
+    """The speedrun: tokenizer -> prepare -> pretrain -> SFT -> eval -> GGUF, sized to --time_budget."""
+
+    time_budget: Optional[str] = field(default=None, metadata={
+        "help": "The wall time for everything, start to report card: 90s, 10m, 1.5h (required)."})
+    output_dir: str = field(default="outputs/speedrun", metadata={"help": "Where every stage's folder goes."})
+    sft_dataset_name: Optional[str] = field(default="auto", metadata={
+        "help": "Question-answer data for the SFT stage (a file or dataset id, or builtin_qa); auto: builtin_qa "
+                "for the built-in corpus, no SFT otherwise; none: no SFT."})
+    tokenizer_type: str = field(default="bpe", metadata={"help": "bpe (byte-level BPE) or char (one token per "
+                                                                 "character, for a small text like Shakespeare)."})
+    vocab_size: Optional[int] = field(default=None, metadata={
+        "help": "BPE vocabulary (default: by corpus size, 1024 under 2 MB up to 8192 over 200 MB)."})
+    max_epochs: float = field(default=16.0, metadata={
+        "help": "Never repeat the corpus more than this. Repeats count less and less in the sizing rule (Muennighoff "
+                "et al. 2023: ~4 epochs are worth nearly as much as fresh data, ~16 add almost nothing more)."})
+    dry_run: bool = field(default=False, metadata={"help": "Prepare the data, probe this machine and print the plan "
+                                                           "without training."})
+    export_gguf: bool = field(default=True, metadata={"help": "End with a GGUF file and an Ollama Modelfile."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over in a non-empty output_dir "
+                                                                        "(default: resume the speedrun there)."})
+    seed: int = field(default=42, metadata={"help": "Random seed."})
+    precision: str = field(default="auto", metadata={"help": "auto, fp32, bf16 or fp16 (as pretrain)."})
+
+    def __post_init__(self):
+        if self.tokenizer_type not in ("bpe", "char"):
+            raise ConfigError(f"tokenizer_type must be 'bpe' or 'char', got '{self.tokenizer_type}'"
+                              + suggest(self.tokenizer_type, ["bpe", "char"]))
+        if self.max_epochs <= 0:
+            raise ConfigError(f"max_epochs must be > 0, got {self.max_epochs}")

@@ -31,12 +31,7 @@ class PretrainingArguments(PretrainTrainingOptions, TrainingArguments):
         if self.matrix_optimizer not in MATRIX_OPTIMIZERS:
             raise ConfigError(f"matrix_optimizer must be one of {', '.join(MATRIX_OPTIMIZERS)}, got "
                               f"'{self.matrix_optimizer}'" + suggest(self.matrix_optimizer, MATRIX_OPTIMIZERS))
-        self.time_budget_seconds = parse_duration(self.time_budget) if self.time_budget else None
-        if self.time_budget and str(self.lr_scheduler_type) not in BUDGET_SCHEDULES:
-            raise ConfigError(f"--time_budget needs a schedule whose length can follow the measured steps "
-                              f"({', '.join(BUDGET_SCHEDULES)}), got '{self.lr_scheduler_type}'")
-        if self.time_budget:
-            self.max_steps = 10 ** 9  # an upper bound for Trainer; the budget callback ends the run
+        check_time_budget(self)
         check_common(self)
         super().__post_init__()
 
@@ -48,6 +43,17 @@ class PretrainingArguments(PretrainTrainingOptions, TrainingArguments):
         return MuonFactory, {"lr": self.learning_rate, "muon_lr": self.muon_learning_rate,
                              "weight_decay": self.weight_decay, "muon_weight_decay": self.muon_weight_decay,
                              "betas": (self.adam_beta1, self.adam_beta2), "eps": self.adam_epsilon}
+
+
+def check_time_budget(args) -> None:
+    """--time_budget: parsed (one-line error otherwise), a schedule that can follow the measured steps, and
+    max_steps lifted (the budget callback ends the run)."""
+    args.time_budget_seconds = parse_duration(args.time_budget) if args.time_budget else None
+    if args.time_budget and str(args.lr_scheduler_type) not in BUDGET_SCHEDULES:
+        raise ConfigError(f"--time_budget needs a schedule whose length can follow the measured steps "
+                          f"({', '.join(BUDGET_SCHEDULES)}), got '{args.lr_scheduler_type}'")
+    if args.time_budget:
+        args.max_steps = 10 ** 9  # an upper bound for Trainer; the budget callback ends the run
 
 
 def check_common(args) -> None:
@@ -139,6 +145,7 @@ class SFTTrainingArguments(SFTTrainingOptions, TrainingArguments):
     """TrainingArguments for LoRA instruction tuning (defaults in tinyllm.config)."""
 
     def __post_init__(self):
+        check_time_budget(self)
         check_common(self)
         super().__post_init__()
 

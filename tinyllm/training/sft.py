@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import tinyllm
 from tinyllm.config import DataArguments, LoraArguments, SFTArguments, SFTModelArguments
 from tinyllm.data.sft_data import SFTCollator, SFTData, build_sft_datasets
 from tinyllm.evaluation.report import RunSummary
 from tinyllm.evaluation.scoring import evaluate_answers, mean_token_loss
 from tinyllm.hub import hardware_summary
 from tinyllm.training.adapters import build_lora_model, chat_token_ids, load_base, without_adapter
+from tinyllm.training.budget import BudgetCallback, TimeBudget
 from tinyllm.training.callbacks import DoctorCallback, InterruptCallback, TinyTrainer
 from tinyllm.training.posttrain import TunedFolder, announce_folder, save_tuned_folder
 from tinyllm.training.recovery import RunSetup, final_evaluation, prepare_run, train_with_recovery
@@ -120,11 +122,15 @@ def _train(model, tokenizer, sft: SFTData, args, resume, reload_model):
     if sft.eval is None:
         args.eval_strategy = "no"
     interrupt = InterruptCallback()
+    # --time_budget counts from the start of the command; the answers scored after training are kept room for
+    budget = TimeBudget(args.time_budget_seconds, start=tinyllm.STARTED_AT, warmup_steps=args.warmup_steps) \
+        if args.time_budget else None
 
     def make_trainer(m):
         return TinyTrainer(model=m, args=args, train_dataset=sft.train, eval_dataset=sft.eval,
                            data_collator=SFTCollator(tokenizer), processing_class=tokenizer,
-                           callbacks=[DoctorCallback(args.learning_rate), interrupt])
+                           callbacks=[DoctorCallback(args.learning_rate), interrupt]
+                           + ([BudgetCallback(budget)] if budget else []), budget=budget)
 
     start = time.time()
     trainer, result = train_with_recovery(make_trainer, model, args, resume, interrupt, reload_model)
