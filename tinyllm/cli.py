@@ -14,6 +14,7 @@
     tinyllm serve outputs/sft_quickstart
     tinyllm report outputs
     tinyllm presets
+    tinyllm speedrun --dataset_name my_text.txt --time_budget 30m
 
 Precedence: dataclass default < YAML < command line. YAML values become the parser's defaults with their types
 intact (lists and mappings survive); unknown keys (YAML or flags) are errors that suggest the closest valid key.
@@ -124,6 +125,12 @@ def _report(*objs):
     return run_report(*objs)
 
 
+def _speedrun(*objs):
+    from tinyllm.training.speedrun import run_speedrun
+
+    return run_speedrun(*objs, run_command=run)  # each stage runs as its own command, in this process
+
+
 def _presets() -> None:
     print(describe_presets())
 
@@ -139,6 +146,8 @@ class Command:
 
 _PRETRAIN_TYPES = (c.ModelArguments, c.DataArguments, c.TokenizerArguments, c.PretrainTrainingOptions)
 COMMANDS: dict[str, Command] = {
+    "speedrun": Command("one command from text to a chatting model, sized to --time_budget (tokenizer, pretrain, "
+                        "SFT, eval, GGUF)", (c.SpeedrunArguments, c.DataArguments), _speedrun),
     "train-tokenizer": Command("train a BPE or char tokenizer on a corpus",
                                (c.DataArguments, c.TokenizerArguments, c.OutputArguments), _train_tokenizer),
     "prepare": Command("tokenize a corpus once into token shards on disk (pretrain finds and reuses them)",

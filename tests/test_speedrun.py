@@ -1,0 +1,167 @@
+"""`tinyllm speedrun`: the sizing rule on its own, bad input as one line, a dry run, and a tiny budget end to end
+(interrupted during pretraining, then resumed by the same command)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import REPO, assert_user_error, run_cli, run_inprocess
+from tinyllm.training import sizing
+from tinyllm.training.sizing import FIT, Shape, choose, effective_tokens
+
+SMALL, BIG = Shape(2, 2, 64), Shape(6, 6, 192)
+
+
+def test_more_time_buys_a_bigger_model():
+    speeds = {SMALL: 40_000.0, Shape(4, 4, 128): 15_000.0, BIG: 5_000.0}
+    short = choose(speeds, 20, FIT, unique_tokens=None)
+    long = choose(speeds, 20_000, FIT, unique_tokens=None)
+    assert short.shape.n_embd < long.shape.n_embd
+    assert long.tokens == pytest.approx(speeds[long.shape] * 20_000)
+    assert long.steps * long.tokens_per_step <= long.tokens
+    assert any("learning rate" in r for r in long.reasons) and any("shape" in r for r in long.reasons)
+
+
+def test_a_small_corpus_is_capped_at_max_epochs_and_favours_size():
+    speeds = {SMALL: 40_000.0, BIG: 5_000.0}
+    free = choose(speeds, 600, FIT, unique_tokens=None)
+    tight = choose(speeds, 600, FIT, unique_tokens=100_000, max_epochs=4)
+    assert tight.tokens <= 4 * 100_000
+    assert tight.capped and tight.epochs > 4
+    # repeated tokens are worth less: with the same time the small corpus pushes towards the bigger model
+    assert tight.shape.n_embd >= free.shape.n_embd
+
+
+def test_effective_tokens_discount_repeats_only():
+    assert effective_tokens(50, 100) == 50
+    assert 0.9 * 400 < effective_tokens(400, 100) < 400  # 4 epochs: worth nearly as much as fresh data
+    assert effective_tokens(10_000, 100) < 0.2 * 10_000  # 100 epochs: worth much less
+
+
+def test_rules_by_width_and_corpus_size():
+    assert sizing.lr_for_width(64) >= sizing.lr_for_width(256) > sizing.lr_for_width(512) > sizing.lr_for_width(768)
+    assert sizing.vocab_for_corpus(1 << 20) < sizing.vocab_for_corpus(50 << 20) < sizing.vocab_for_corpus(1 << 30)
+    per_step = sizing.tokens_per_step(10_000_000, 128)
+    assert per_step % 128 == 0 and 10_000_000 / per_step >= sizing.TARGET_STEPS
+    assert sizing.tokens_per_step(1000, 128) == 8 * 128  # never under 8 sequences
+    # the shapes' parameter counts match the models pretraining builds
+    from transformers import AutoModelForCausalLM
+
+    from tinyllm.config import ModelArguments
+    from tinyllm.modeling import build_config
+
+    for shape in (SMALL, BIG):
+        cfg = build_config(ModelArguments(n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd), 512, 64,
+                           1, 2, 0)
+        model = AutoModelForCausalLM.from_config(cfg)
+        assert model.num_parameters(exclude_embeddings=True) == shape.non_embedding_params()
+
+
+def test_loss_model_calibration_goes_through_the_point():
+    model = FIT.calibrated(2.5, 1e6, 1e7)
+    assert model.predict(1e6, 1e7) == pytest.approx(2.5)
+    assert model.predict(1e6, 1e8) < 2.5  # more tokens: lower loss
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_inprocess(capsys, "speedrun", "--time_budget", "10minutes", "--output_dir", out)
+    assert_user_error(code, err, "time_budget '10minutes'", "90s, 10m or 1.5h")
+    code, _, err = run_inprocess(capsys, "speedrun", "--output_dir", out)
+    assert_user_error(code, err, "--time_budget")
+    code, _, err = run_inprocess(capsys, "speedrun", "--time_budget", "20s", "--output_dir", out)
+    assert_user_error(code, err, "too small", "at least 45s")
+    code, _, err = run_inprocess(capsys, "speedrun", "--time_budget", "5m", "--block_size", "64", "--output_dir", out)
+    assert_user_error(code, err, "block_size")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    code, _, err = run_inprocess(capsys, "speedrun", "--time_budget", "5m", "--output_dir", tmp_path / "other")
+    assert_user_error(code, err, "not a speedrun")
+    assert not out.exists() and (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_not_enough_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 20, 9 << 20, 1 << 20))
+    code, _, err = run_inprocess(capsys, "speedrun", "--time_budget", "5m", "--builtin_num_documents", "300",
+                                 "--output_dir", tmp_path / "run")
+    assert_user_error(code, err, "not enough disk", "free")
+    assert not (tmp_path / "run" / "tokenizer").exists()
+
+
+def test_a_corpus_too_small_for_the_budget_says_the_epochs(tmp_path, capsys):
+    text = tmp_path / "tiny.txt"
+    text.write_text("\n\n".join(f"The fox number {i} jumps over the lazy dog and runs home." for i in range(300)))
+    code, out, err = run_inprocess(capsys, "speedrun", "--dataset_name", text, "--time_budget", "20m",
+                                   "--output_dir", tmp_path / "run", "--dry_run", "true")
+    line = assert_user_error(code, err, "too small for 20m", "epochs", "capped at 16")
+    assert "--time_budget" in line
+    assert "plan" in out  # the plan was shown before the refusal
+
+
+def test_dry_run_shows_the_plan_and_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run_inprocess(capsys, "speedrun", "--time_budget", "2m", "--builtin_num_documents", "6000",
+                                      "--output_dir", out, "--dry_run", "true")
+    assert code == 0, err
+    assert "shape" in stdout and "learning rate" in stdout and "tokens per step" in stdout
+    assert "dry run" in stdout and "budget:" in stdout
+    assert not (out / "pretrain").exists() and not (out / ".calibration").exists()
+    state = json.loads((out / "speedrun.json").read_text())
+    assert set(state["stages"]) == {"tokenizer", "prepare"}  # kept for the real run; no plan left behind
+
+
+@pytest.mark.slow
+def test_tiny_budget_end_to_end_interrupted_then_resumed(tmp_path):
+    """90 s budget on a small built-in corpus: Ctrl+C during pretraining, then the same command finishes."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tinyllm", "speedrun", "--time_budget", "90s", "--builtin_num_documents", "3000",
+           "--output_dir", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state_path = out / "speedrun.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # wait for pretraining to save its first checkpoint
+        if any((out / "pretrain").glob("checkpoint-*/trainer_state.json")):
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "run the same command again to resume" in stderr
+    first = json.loads(state_path.read_text())
+    assert first["stages"]["tokenizer"]["done"] and not first["stages"].get("pretrain", {}).get("done")
+
+    start = time.time()
+    res = run_cli(*cmd[3:], env=env, timeout=300)
+    wall = time.time() - start
+    assert res.returncode == 0, res.stderr[-3000:]
+    state = json.loads(state_path.read_text())
+    assert state["stages"]["pretrain"]["resumed_from"].startswith(str(out / "pretrain" / "checkpoint-"))
+    assert len(state["stages"]["tokenizer"]["commands"]) == 1  # not run again
+    assert all(state["stages"][k]["done"] for k in ("pretrain", "sft", "eval", "export", "report"))
+    assert state["spent_s"] <= 90 * 1.05, state["spent_s"]  # both attempts together kept to the budget
+    assert wall < 90
+    card = (out / "SPEEDRUN.md").read_text()
+    assert "| pretrain |" in card and "predicted loss" in card and "## Choices and why" in card
+    assert "Resuming" in res.stdout
+    for line in ("tinyllm chat", "tinyllm serve", "ollama create"):
+        assert line in res.stdout
+    chat = out / "chat"
+    assert (chat / "model.safetensors").is_file() and (chat / "chat_template.jinja").is_file() or \
+        "chat_template" in (chat / "tokenizer_config.json").read_text()
+    assert list(chat.glob("*.gguf")) and list(chat.glob("*.Modelfile"))
+    assert not list((out / "pretrain").glob("checkpoint-*"))
+    assert state["stages"]["pretrain"]["loss"] < state["stages"]["calibrate"]["loss"]  # it learned past the probe
+    again = run_cli(*cmd[3:], env=env, timeout=120)  # the same command once more: nothing to do
+    assert again.returncode == 0 and "This speedrun is complete" in again.stdout, again.stderr[-2000:]
+    assert json.loads(state_path.read_text())["stages"] == state["stages"]

@@ -1,0 +1,212 @@
+"""The speedrun's sizing rule: which model, batch, learning rate and number of tokens give the lowest held-out
+loss in the time there is. Pure arithmetic on measured speeds (no torch import), so it is tested on its own.
+
+The rule, and where each part comes from (docs/speedrun.md has the data):
+- Loss model L(N, D) = E + A / N^alpha + B / D'^beta (Hoffmann et al. 2022, "Chinchilla"), N the parameters
+  without embeddings, D' the effective tokens. A, alpha, B, beta were fitted to pretraining runs measured on this
+  2-core CPU (benchmarks/speedrun_fit.py, FIT below); E depends on the corpus and tokenizer and is calibrated on
+  the user's own corpus by a short run of the smallest shape before the choice (tinyllm.training.speedrun).
+- Repeating data: D' = U + U * R* * (1 - exp(-R / R*)), U unique tokens, R = epochs - 1 repeats, R* = 15.4
+  (Muennighoff et al. 2023, "Scaling Data-Constrained Language Models": up to ~4 epochs are worth nearly as much
+  as fresh data, and the value of further repeats decays with R*). Epochs are capped at `max_epochs` (default 16,
+  ~R*: a hard cap at 4 made the rule pick a bigger, under-trained model on a 250k-token corpus, 1.77 against 1.42
+  bits per byte in 2 minutes, docs/speedrun.md).
+- Tokens per shape: the measured tokens per second of that shape on this device (the probe) times the seconds the
+  pretraining stage has; the shape with the lowest predicted loss wins.
+- Learning rate by width: lr = LR_AT_128 * (128 / width) ** LR_EXPONENT (AdamW; measured up to 256 wide, 1/width
+  beyond).
+- Tokens per step: enough optimizer steps for the schedule (at least ~TARGET_STEPS), in powers of two.
+- Vocabulary: a rule of thumb by corpus size (not fitted: the loss is compared in bits per byte, which the
+  tokenizer's size moves little at these scales, while a big vocabulary costs a small model most of its
+  parameters).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["Shape", "shape_ladder", "LossModel", "FIT", "lr_for_width", "vocab_for_corpus", "tokens_per_step",
+           "effective_tokens", "Candidate", "Choice", "choose", "MUENNIGHOFF_R_STAR", "block_size_for"]
+
+MUENNIGHOFF_R_STAR = 15.4  # their fitted "repeats after which data is worth 1/e as much" for data
+TARGET_STEPS = 800  # fewer steps than this and the schedule's warmup and decay dominate a short run
+
+
+@dataclass(frozen=True)
+class Shape:
+    n_layer: int
+    n_head: int
+    n_embd: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.n_layer}x{self.n_embd}"
+
+    def non_embedding_params(self) -> int:
+        """Llama block: attention 4 w^2, SwiGLU MLP 3 * w * inter (inter ~ 8/3 w rounded to 64), two norms."""
+        inter = max(64, 64 * round(8 * self.n_embd / 3 / 64))
+        return self.n_layer * (4 * self.n_embd ** 2 + 3 * self.n_embd * inter + 2 * self.n_embd) + self.n_embd
+
+
+# Depth and width grow together (as in nanochat's depth -> width rule), head size 32 below 256 wide, 64 above.
+_LADDER = [(2, 64), (3, 96), (4, 128), (5, 160), (6, 192), (6, 256), (8, 320), (8, 384), (8, 512), (10, 640),
+           (12, 768)]
+
+
+def shape_ladder(max_width: int = 768) -> list[Shape]:
+    out = []
+    for n_layer, width in _LADDER:
+        if width <= max_width:
+            out.append(Shape(n_layer, width // (32 if width < 256 else 64), width))
+    return out
+
+
+def block_size_for(shape: Shape, tokenizer_type: str) -> int:
+    """Context: 128 tokens for the small shapes (what a CPU budget affords; attention cost grows with it), 256
+    from 256 wide, 512 from 512 wide; characters carry less text per token, so char runs get twice as many."""
+    block = 128 if shape.n_embd < 256 else 256 if shape.n_embd < 512 else 512
+    return min(block * (2 if tokenizer_type == "char" else 1), 1024)
+
+
+@dataclass(frozen=True)
+class LossModel:
+    """L(N, D) = E + A / N^alpha + B / D^beta, in nats per token."""
+
+    A: float
+    alpha: float
+    B: float
+    beta: float
+    E: float = 0.0
+
+    def reducible(self, n_params: float, tokens: float) -> float:
+        return self.A / max(n_params, 1.0) ** self.alpha + self.B / max(tokens, 1.0) ** self.beta
+
+    def predict(self, n_params: float, tokens: float) -> float:
+        return self.E + self.reducible(n_params, tokens)
+
+    def calibrated(self, loss: float, n_params: float, tokens: float, floor: float | None = None) -> "LossModel":
+        """The same curve through one measured (N, D, loss) point: E = loss - the reducible part there (at least
+        `floor`: a loss is never negative, and a short run's point can put E below zero)."""
+        e = loss - self.reducible(n_params, tokens)
+        return LossModel(self.A, self.alpha, self.B, self.beta, e if floor is None else max(e, floor))
+
+
+# Fitted by benchmarks/speedrun_fit.py on this 2-core CPU: 12 runs of 0.1M-4.8M parameters (without embeddings)
+# on the built-in corpus and a TinyStories slice, each corpus its own E (docs/speedrun.md has the runs, the command
+# and the residuals: rmse 0.20 nats). The exponents were searched within the range published fits give (0.2-0.6);
+# the data put both at its top.
+FIT = LossModel(A=32.71, alpha=0.60, B=3295.0, beta=0.60)
+# AdamW's best peak rate measured at 64, 128 and 256 wide (three rates each, 75 s runs on TinyStories): ~3.3e-3 at
+# every width (a power law through the three best has exponent -0.10, i.e. flat). Wider shapes were not measured
+# here; above 256 the rate falls as 1/width (muP's rule for hidden matrices), an assumption, not a fit.
+LR_AT_128 = 3.3e-3
+LR_EXPONENT = 0.0
+LR_MEASURED_WIDTH = 256
+LR_MAX = 6e-3
+
+
+def lr_for_width(width: int) -> float:
+    lr = LR_AT_128 * (128 / width) ** LR_EXPONENT
+    if width > LR_MEASURED_WIDTH:
+        lr *= LR_MEASURED_WIDTH / width
+    return min(lr, LR_MAX)
+
+
+def vocab_for_corpus(corpus_bytes: int) -> int:
+    """BPE vocabulary by corpus size: 1024 under 2 MB, 2048 under 20 MB, 4096 under 200 MB, else 8192."""
+    for limit, vocab in ((2 << 20, 1024), (20 << 20, 2048), (200 << 20, 4096)):
+        if corpus_bytes < limit:
+            return vocab
+    return 8192
+
+
+def tokens_per_step(total_tokens: float, block_size: int) -> int:
+    """A power-of-two multiple of the block giving at least ~TARGET_STEPS steps; 8 to 512 sequences."""
+    seqs = 8
+    while seqs < 512 and total_tokens / (2 * seqs * block_size) >= TARGET_STEPS:
+        seqs *= 2
+    return seqs * block_size
+
+
+def effective_tokens(tokens: float, unique: float | None) -> float:
+    """Muennighoff et al.'s D': repeated epochs count less and less."""
+    if not unique or tokens <= unique:
+        return tokens
+    repeats = tokens / unique - 1
+    return unique + unique * MUENNIGHOFF_R_STAR * (1 - math.exp(-repeats / MUENNIGHOFF_R_STAR))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    shape: Shape
+    params: int  # without embeddings
+    tokens_per_second: float  # measured
+    tokens: float  # what the budget buys, capped at max_epochs
+    epochs: float | None  # uncapped: what the budget would buy
+    predicted_loss: float
+
+
+@dataclass
+class Choice:
+    shape: Shape
+    block_size: int
+    learning_rate: float
+    tokens: float
+    tokens_per_step: int
+    steps: int
+    seconds: float  # predicted pretraining time
+    predicted_loss: float
+    epochs: float | None
+    capped: bool  # the budget would repeat the corpus more than max_epochs
+    reasons: list[str] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = {**asdict(self.shape), "name": self.shape.name}
+        d["candidates"] = [{**asdict(c), "shape": c.shape.name} for c in self.candidates]
+        return d
+
+
+def choose(speeds: dict[Shape, float], seconds: float, loss_model: LossModel, unique_tokens: float | None,
+           tokenizer_type: str = "bpe", max_epochs: float = 16.0) -> Choice:
+    """The shape (of those measured: tokens per second) with the lowest predicted loss after `seconds` of
+    pretraining, with its batch, learning rate and steps, and the reasons in words."""
+    if not speeds:
+        raise ValueError("no shape was measured")
+    cands = []
+    for shape, tps in speeds.items():
+        affordable = tps * seconds
+        cap = max_epochs * unique_tokens if unique_tokens else None
+        tokens = min(affordable, cap) if cap else affordable
+        n = shape.non_embedding_params()
+        loss = loss_model.predict(n, effective_tokens(tokens, unique_tokens))
+        epochs = affordable / unique_tokens if unique_tokens else None
+        cands.append(Candidate(shape, n, tps, tokens, epochs, loss))
+    # a shape that would repeat the corpus more than max_epochs would end early (its tokens are capped): it is
+    # chosen only when every shape would
+    fits = [c for c in cands if not (c.epochs and c.epochs > max_epochs)]
+    best = min(fits, key=lambda c: c.predicted_loss) if fits else min(cands, key=lambda c: c.epochs or 0)
+    block = block_size_for(best.shape, tokenizer_type)
+    per_step = tokens_per_step(best.tokens, block)
+    steps = max(int(best.tokens // per_step), 1)
+    capped = bool(best.epochs and best.epochs > max_epochs)
+    lr = lr_for_width(best.shape.n_embd)
+    ranked = sorted(fits or cands, key=lambda c: c.predicted_loss)
+    reasons = [
+        f"shape {best.shape.name} ({best.params / 1e6:.2f}M parameters without embeddings): the lowest predicted "
+        f"loss of the {len(fits)} of {len(cands)} shapes measured here that fit the corpus ("
+        + ", ".join(f"{c.shape.name} {c.predicted_loss:.3f}" for c in ranked[:4]) + ")",
+        f"{best.tokens / 1e6:.2f}M tokens = {best.tokens_per_second:,.0f} tokens/s measured x "
+        f"{best.tokens / best.tokens_per_second:.0f} s" + (f" ({best.tokens / best.params:.1f} tokens per parameter)"
+                                                            if best.params else ""),
+        f"learning rate {lr:.2g}: measured best {LR_AT_128:g} at widths 64-256"
+        + (f", x 256/{best.shape.n_embd} beyond" if best.shape.n_embd > LR_MEASURED_WIDTH else ""),
+        f"{per_step:,} tokens per step ({per_step // block} x {block}): ~{steps} steps",
+    ]
+    if unique_tokens:
+        reasons.append(f"corpus {unique_tokens / 1e6:.2f}M tokens: {min(best.epochs or 0, max_epochs):.2f} epochs"
+                       + (f" (capped at {max_epochs:g}; the budget would buy {best.epochs:.1f})" if capped else ""))
+    return Choice(best.shape, block, lr, best.tokens, per_step, steps, best.tokens / best.tokens_per_second,
+                  best.predicted_loss, best.epochs, capped, reasons, cands)

@@ -1,0 +1,585 @@
+"""`tinyllm speedrun`: one command from text to a chatting model, sized to the time there is.
+
+    tinyllm speedrun --dataset_name my_text.txt --time_budget 30m
+    tinyllm speedrun --dataset_name builtin --time_budget 5m --dry_run true
+
+Stages, in order, each the same tinyllm command a user would run by hand (the report card lists them):
+  tokenizer  train-tokenizer (BPE sized by the corpus, or char)
+  prepare    token shards on disk (data/shards.py), which give the corpus's size in tokens
+  probe      tokens per second of each candidate shape on this device (training/probe.py)
+  plan       the shape, batch, learning rate and tokens with the lowest predicted loss (training/sizing.py)
+  calibrate  a short pretraining run of the chosen shape: the loss model's constant for this corpus, and the
+             trainer's real speed
+  pretrain   `tinyllm pretrain --time_budget <its share>`
+  sft        `tinyllm sft --time_budget <its share>` when question-answer data is given (builtin_qa for builtin)
+  eval       `tinyllm eval`
+  export     `tinyllm export --format gguf` (GGUF + Ollama Modelfile)
+  report     SPEEDRUN.md: per stage, the predicted and the achieved time and loss, the choices and why
+
+The budget counts from the start of the command. speedrun.json in the output folder records the options, the plan
+and each finished stage: the same command, run again after Ctrl+C or a kill, skips what is done and resumes
+pretraining from its last checkpoint with what is left of its share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import tinyllm
+from tinyllm.config import DataArguments, SpeedrunArguments
+from tinyllm.data.builtin import generate_corpus
+from tinyllm.data.documents import CorpusStream
+from tinyllm.data.shards import prepare_shards
+from tinyllm.device import detect_device
+from tinyllm.errors import ConfigError, DataError, TinyLLMError
+from tinyllm.formatting import fmt_bytes, fmt_duration
+from tinyllm.model_io import load_tokenizer
+from tinyllm.training import sizing
+from tinyllm.training.budget import parse_duration
+from tinyllm.training.probe import measure_speeds, micro_batch_for
+from tinyllm.training.recovery import find_last_checkpoint
+
+__all__ = ["run_speedrun", "MIN_BUDGET_S", "Interrupted"]
+
+logger = logging.getLogger(__name__)
+STATE_FILE = "speedrun.json"
+CARD_FILE = "SPEEDRUN.md"
+MIN_BUDGET_S = 45  # below this not even the smallest shape gets a few hundred steps after the fixed stages
+MIN_PRETRAIN_STEPS = 150
+_OPTION_KEYS = ("time_budget", "sft_dataset_name", "tokenizer_type", "vocab_size", "max_epochs", "seed",
+                "export_gguf")
+
+
+_STAGE_FOLDERS = {"calibrate": ".calibration", "sft": "chat"}
+
+
+class Interrupted(TinyLLMError):
+    exit_code = 130
+
+
+class Speedrun:
+    """The run's state (speedrun.json) and its stages."""
+
+    def __init__(self, sp: SpeedrunArguments, data: DataArguments, run_command: Callable[[str, list], int]):
+        self.sp, self.data, self.run_command = sp, data, run_command
+        self.start = tinyllm.STARTED_AT
+        self.total = parse_duration(sp.time_budget)
+        self.out = Path(sp.output_dir)
+        self.state_path = self.out / STATE_FILE
+        self.state: dict = {}
+        self.sft_name = _sft_dataset(sp.sft_dataset_name, data.dataset_name)
+        self.device = detect_device()
+
+    # ------------------------------------------------------------ state
+
+    def options(self) -> dict:
+        opts = {k: getattr(self.sp, k) for k in _OPTION_KEYS}
+        opts["data"] = {f.name: getattr(self.data, f.name) for f in dataclasses.fields(self.data)
+                        if getattr(self.data, f.name) != f.default}
+        return json.loads(json.dumps(opts, default=str))
+
+    def open(self) -> None:
+        """Start, or resume the speedrun already in output_dir (same options), or refuse."""
+        if self.sp.overwrite_output_dir and self.out.exists() and not self.sp.dry_run:
+            shutil.rmtree(self.out)
+        if self.state_path.is_file():
+            state = json.loads(self.state_path.read_text())
+            if state.get("options") != self.options():
+                changed = sorted(k for k in set(state.get("options", {})) | set(self.options())
+                                 if state.get("options", {}).get(k) != self.options().get(k))
+                raise ConfigError(f"{self.out} holds a speedrun with other options ({', '.join(changed)}); run the "
+                                  f"same command to resume it, or pass --overwrite_output_dir true or another "
+                                  f"--output_dir")
+            self.state = state
+            for name, rec in state["stages"].items():
+                since = rec.pop("running_since", None)
+                if since:  # killed while running: count its time until the last file it wrote
+                    folder = self.out / _STAGE_FOLDERS.get(name, name)
+                    files = [p.stat().st_mtime for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+                    lost = max(max(files, default=since) - since, 0.0)
+                    rec["attempt_s"] = round(rec.get("attempt_s", 0.0) + lost, 1)
+                    state["spent_s"] = round(state.get("spent_s", 0.0) + lost, 1)
+            done = [k for k, v in state["stages"].items() if v.get("done")]
+            if state.get("spent_s") and not self.sp.dry_run and not self.done("report"):
+                spent = state.get("spent_s", 0.0)
+                print(f"Resuming the speedrun in {self.out}: done {', '.join(done)}; {fmt_duration(spent)} of "
+                      f"{fmt_duration(self.total)} spent", flush=True)
+                self.start -= spent  # the budget counts the earlier attempts too
+            return
+        if self.out.is_dir() and any(self.out.iterdir()):
+            raise ConfigError(f"output_dir {self.out} exists and is not a speedrun; choose another --output_dir or "
+                              f"pass --overwrite_output_dir true")
+        self.state = {"version": 1, "options": self.options(), "budget_s": self.total, "stages": {}, "spent_s": 0.0}
+
+    def save(self) -> None:
+        if self.sp.dry_run and not self.state["stages"]:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state["spent_s"] = round(self.elapsed(), 1)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2, ensure_ascii=False) + "\n")
+        tmp.replace(self.state_path)
+
+    def elapsed(self) -> float:
+        return time.time() - self.start
+
+    def left(self) -> float:
+        return self.total - self.elapsed()
+
+    def stage(self, name: str) -> dict:
+        return self.state["stages"].setdefault(name, {})
+
+    def done(self, name: str) -> bool:
+        return bool(self.state["stages"].get(name, {}).get("done"))
+
+    def finish(self, name: str, started: float, **info) -> None:
+        rec = self.stage(name)
+        rec.update(info)
+        rec["seconds"] = round(max(rec.get("seconds", 0.0) + time.time() - started, rec.get("attempt_s", 0.0)), 1)
+        rec["done"] = True
+        self.save()
+
+    def command(self, name: str, command: str, argv: list[str]) -> None:
+        """Run a tinyllm command in this process; a failure or an interrupt stops the speedrun with a line that
+        says how to go on."""
+        self.stage(name).setdefault("commands", []).append("tinyllm " + " ".join([command, *map(_quote, argv)]))
+        started = time.time()
+        self.stage(name)["running_since"] = started  # still there after a kill: open() counts the lost time
+        self.save()
+        rc = self.run_command(command, [str(a) for a in argv])
+        self.stage(name).pop("running_since", None)
+        self.stage(name)["attempt_s"] = round(self.stage(name).get("attempt_s", 0.0) + time.time() - started, 1)
+        self.save()
+        if rc == 130:
+            raise Interrupted(f"interrupted during {name}: run the same command again to resume")
+        if rc != 0:
+            raise TinyLLMError(f"the {name} stage failed (exit {rc}, its error is above); fix it and run the same "
+                               f"command again to resume")
+
+    # ------------------------------------------------------------ stages
+
+    def tokenizer(self) -> Path:
+        folder = self.out / "tokenizer"
+        if self.done("tokenizer"):
+            return folder
+        started = time.time()
+        corpus_bytes = _corpus_bytes(self.data, self.sp.seed)
+        _check_disk(self.out, corpus_bytes)
+        if self.sp.tokenizer_type == "char":
+            vocab, why = None, "char: one token per character (--tokenizer_type char)"
+            extra = []
+        else:
+            vocab = self.sp.vocab_size or sizing.vocab_for_corpus(corpus_bytes or 64 << 20)
+            why = (f"BPE {vocab}: --vocab_size" if self.sp.vocab_size else
+                   f"BPE {vocab}: by corpus size ({fmt_bytes(corpus_bytes)})" if corpus_bytes else
+                   f"BPE {vocab}: corpus size unknown before reading (a Hub dataset)")
+            extra = ["--vocab_size", vocab]
+        self.command("tokenizer", "train-tokenizer", ["--tokenizer_type", self.sp.tokenizer_type, *extra,
+                                                      *self.data_flags(), "--output_dir", folder,
+                                                      "--overwrite_output_dir", "true", "--seed", self.sp.seed])
+        self.finish("tokenizer", started, choice=why, corpus_bytes=corpus_bytes)
+        return folder
+
+    def prepare(self, tokenizer_dir: Path) -> dict:
+        if self.done("prepare"):
+            return self.stage("prepare")
+        started = time.time()
+        shards = prepare_shards(self.data, load_tokenizer(str(tokenizer_dir)), self.sp.seed)
+        m = shards.meta
+        self.finish("prepare", started, train_tokens=m["train"]["tokens"], eval_tokens=m["validation"]["tokens"],
+                    folder=str(shards.folder), vocab_size=len(load_tokenizer(str(tokenizer_dir))))
+        print(f"corpus: {m['train']['tokens']:,} training tokens, {m['validation']['tokens']:,} held out "
+              f"({shards.folder})", flush=True)
+        return self.stage("prepare")
+
+    def shares(self, calibrated: bool = False) -> dict:
+        """Seconds for what follows the probe (the calibration run once `calibrated`), from what is left now."""
+        left = self.left()
+        sft = 0.2 * left if self.sft_name else 0.0
+        # measured on a 2-core CPU (benchmarks/speedrun_grid.py): eval ~1 s for these models (a bounded held-out
+        # set, 50 questions with SFT), export ~0.1 s
+        evaluation = max(2.0, 0.01 * self.total) + (max(1.0, 0.005 * self.total) if self.sft_name else 0.0)
+        export = max(1.0, 0.005 * self.total) if self.sp.export_gguf else 0.0
+        calibrate = 0.0 if calibrated else min(max(0.08 * left, 10.0), 90.0)
+        pretrain = left - sft - evaluation - export - calibrate - 0.005 * self.total
+        return {"calibrate": calibrate, "pretrain": pretrain, "sft": sft, "eval": evaluation, "export": export}
+
+    def plan(self, corpus: dict) -> dict:
+        if self.done("plan"):
+            return self.state["plan"]
+        started = time.time()
+        shares = self.shares()
+        max_width = 512 if self.device in ("cpu", "mps") else 768
+        speeds = measure_speeds(sizing.shape_ladder(max_width), corpus["vocab_size"], self.sp.tokenizer_type,
+                                self.device, max(shares["pretrain"], 1.0))
+        self.finish("probe", started, speeds={s.name: round(v) for s, v in speeds.items()})
+        shares = self.shares()  # the probe took some of the time
+        choice = sizing.choose(speeds, shares["pretrain"] * 0.9, sizing.FIT, corpus["train_tokens"],
+                               self.sp.tokenizer_type, self.sp.max_epochs)
+        smallest = min(speeds, key=lambda s: s.non_embedding_params())
+        need = MIN_PRETRAIN_STEPS * sizing.tokens_per_step(0, sizing.block_size_for(
+            smallest, self.sp.tokenizer_type)) / speeds[smallest]
+        if shares["pretrain"] < need:
+            minimum = self.elapsed() + need + sum(v for k, v in shares.items() if k != "pretrain") + 5
+            raise ConfigError(f"time_budget {self.sp.time_budget} is too small for even the smallest model here: "
+                              f"give at least {_ceil_budget(minimum)} (the fixed stages took {self.elapsed():.0f} s, "
+                              f"{MIN_PRETRAIN_STEPS} steps of {smallest.name} need {need:.0f} s)")
+        plan = {"choice": choice.to_dict(), "shares": {k: round(v, 1) for k, v in shares.items()},
+                "train_tokens": corpus["train_tokens"], "vocab_size": corpus["vocab_size"], "device": self.device}
+        self.state["plan"] = plan
+        self.stage("plan")["done"] = True
+        self.save()
+        return plan
+
+    def check_epochs(self, plan: dict) -> None:
+        c = plan["choice"]
+        if c["capped"]:
+            needed = c["seconds"] / 0.9 + (self.total - plan["shares"]["pretrain"])
+            raise DataError(f"the corpus is too small for {self.sp.time_budget}: {plan['train_tokens']:,} tokens would "
+                            f"be repeated ~{c['epochs']:.0f} epochs (capped at {self.sp.max_epochs:g}: repeats beyond "
+                            f"add almost nothing); give more text, --time_budget {_ceil_budget(needed)}, or "
+                            f"--max_epochs {math.ceil(c['epochs'])}")
+
+    def calibrate(self, plan: dict, tokenizer_dir: Path) -> dict:
+        """The smallest shape (the most steps per second) trained briefly with a full schedule on this corpus: the
+        loss model's E here, and the trainer's real speed (the probe's bare loop runs faster than Trainer's step).
+        Then the plan again, with both."""
+        if self.done("calibrate"):
+            return self.state["plan"]
+        started = time.time()
+        cands = self._candidates(plan)
+        small = min(cands, key=lambda x: x.params)
+        block = sizing.block_size_for(small.shape, self.sp.tokenizer_type)
+        folder = self.out / ".calibration"
+        seconds = plan["shares"]["calibrate"]
+        per_step = sizing.tokens_per_step(0, block)  # the fewest tokens per step: the most steps in the time
+        flags = self.pretrain_flags(small.shape, block, sizing.lr_for_width(small.shape.n_embd), per_step, 200,
+                                    tokenizer_dir, folder, seconds)
+        self.command("calibrate", "pretrain", [*flags, "--save_steps", 10 ** 6, "--sample_max_new_tokens", 8,
+                                               "--overwrite_output_dir", "true"])
+        m = json.loads((folder / "all_results.json").read_text())
+        shutil.rmtree(folder, ignore_errors=True)
+        tokens = m["time_budget_steps"] * per_step
+        model = sizing.FIT.calibrated(m["eval_loss"], small.params,
+                                      sizing.effective_tokens(tokens, plan["train_tokens"]), floor=0.0)
+        ratio = tokens / m["train_runtime"] / small.tokens_per_second
+        overhead = max(time.time() - started - m["train_runtime"], 0.0)
+        self.finish("calibrate", started, planned_s=round(seconds, 1), shape=small.shape.name, loss=m["eval_loss"],
+                    tokens=tokens,
+                    E=round(model.E, 4), trainer_tokens_per_s=round(tokens / m["train_runtime"]),
+                    probe_ratio=round(ratio, 3), overhead_s=round(overhead, 1))
+        # the plan again: every shape at the trainer's speed (the ratio measured here), this corpus's E, and the
+        # pretraining stage's own start-up and final evaluation (the calibration run's overhead) taken out
+        shares = self.shares(calibrated=True)
+        speeds = {x.shape: x.tokens_per_second * ratio for x in cands}
+        choice = sizing.choose(speeds, max(shares["pretrain"] - overhead, 1.0), model, plan["train_tokens"],
+                               self.sp.tokenizer_type, self.sp.max_epochs)
+        plan.update({"choice": choice.to_dict(), "shares": {k: round(v, 1) for k, v in shares.items()},
+                     "E": round(model.E, 4)})
+        self.state["plan"] = plan
+        self.save()
+        return plan
+
+    @staticmethod
+    def _candidates(plan: dict) -> list[sizing.Candidate]:
+        out = []
+        for cand in plan["choice"]["candidates"]:
+            layers, width = map(int, cand["shape"].split("x"))
+            shape = sizing.Shape(layers, width // (32 if width < 256 else 64), width)
+            out.append(sizing.Candidate(shape, cand["params"], cand["tokens_per_second"], cand["tokens"],
+                                        cand["epochs"], cand["predicted_loss"]))
+        return out
+
+    def pretrain_flags(self, shape: sizing.Shape, block: int, lr: float, per_step: int, steps: int,
+                       tokenizer_dir: Path, folder: Path, seconds: float) -> list:
+        micro = min(micro_batch_for(self.device, block), max(per_step // block, 1))
+        return [*self.data_flags(), "--tokenizer_name_or_path", tokenizer_dir, "--model_type", "llama",
+                "--preset", "nano", "--n_layer", shape.n_layer, "--n_head", shape.n_head, "--n_embd", shape.n_embd,
+                "--block_size", block, "--per_device_train_batch_size", micro,
+                "--gradient_accumulation_steps", max(per_step // (micro * block), 1),
+                "--learning_rate", f"{lr:.3g}", "--warmup_steps", max(min(steps // 20, 100), 5),
+                "--time_budget", f"{max(seconds, 1):.0f}s", "--eval_steps", 10 ** 6, "--logging_steps",
+                max(steps // 40, 5), "--eval_max_tokens", 65536 if self.device == "cpu" else 262144,
+                "--report_to", "none", "--precision", self.sp.precision, "--seed", self.sp.seed,
+                "--output_dir", folder]
+
+    def pretrain(self, plan: dict, tokenizer_dir: Path) -> Path:
+        folder = self.out / "pretrain"
+        if self.done("pretrain"):
+            return folder
+        started = time.time()
+        c = plan["choice"]
+        rec = self.stage("pretrain")
+        planned = plan["shares"]["pretrain"]
+        seconds = planned - rec.get("attempt_s", 0.0)
+        shape = sizing.Shape(c["shape"]["n_layer"], c["shape"]["n_head"], c["shape"]["n_embd"])
+        flags = self.pretrain_flags(shape, c["block_size"], c["learning_rate"], c["tokens_per_step"], c["steps"],
+                                    tokenizer_dir, folder, seconds)
+        last = find_last_checkpoint(str(folder))
+        if last is None:
+            flags += ["--overwrite_output_dir", "true"]  # a run killed before its first checkpoint starts over
+        else:
+            flags += ["--resume_from_checkpoint", last]
+            rec["resumed_from"] = last
+            print(f"pretrain: resuming from {last} with {fmt_duration(seconds)} of its share left", flush=True)
+        flags += ["--save_steps", max(c["steps"] // 4, 50)]
+        self.command("pretrain", "pretrain", flags)
+        m = json.loads((folder / "all_results.json").read_text())
+        self.finish("pretrain", started, loss=m.get("eval_loss"), bits_per_byte=m.get("eval_bits_per_byte"),
+                    steps=m.get("time_budget_steps"), tokens=(m.get("time_budget_steps") or 0) * c["tokens_per_step"])
+        for ckpt in folder.glob("checkpoint-*"):  # the final folder is complete; checkpoints were for resuming
+            shutil.rmtree(ckpt, ignore_errors=True)
+        return folder
+
+    def sft(self, base: Path) -> Path | None:
+        if not self.sft_name:
+            return None
+        folder = self.out / "chat"
+        if self.done("sft"):
+            return folder if (folder / "config.json").is_file() else None
+        started = time.time()
+        shares = self.state["plan"]["shares"]
+        seconds = self.left() - shares["eval"] - shares["export"] - 0.005 * self.total  # what pretraining left
+        if seconds < 10:
+            logger.warning("sft: only %.0f s left for it: skipped (the base model is the result)", seconds)
+            self.finish("sft", started, skipped=f"{seconds:.0f} s left")
+            return None
+        self.command("sft", "sft", ["--model_name_or_path", base, "--dataset_name", self.sft_name,
+                                    "--time_budget", f"{seconds:.0f}s", "--report_to", "none", "--output_dir", folder,
+                                    "--overwrite_output_dir", "true", "--seed", self.sp.seed, "--save_steps", 10 ** 6,
+                                    "--eval_steps", 10 ** 6, "--precision", self.sp.precision,
+                                    "--answer_eval_examples", 50, "--warmup_steps", 10])
+        m = json.loads((folder / "all_results.json").read_text())
+        self.finish("sft", started, loss=m.get("eval_answer_loss"), exact_match=m.get("exact_match"),
+                    exact_match_before=m.get("exact_match_before"))
+        return folder
+
+    def evaluate(self, final: Path) -> dict:
+        if self.done("eval"):
+            return self.stage("eval")
+        started = time.time()
+        out = self.out / "eval_results.json"
+        tasks = ["bpb"] + (["builtin_cloze"] if self.data.dataset_name == "builtin" else []) + (
+            ["sft"] if self.sft_name == "builtin_qa" and final.name == "chat" else [])
+        self.command("eval", "eval", [final, *self.data_flags(), "--tasks", ",".join(tasks), "--output", out,
+                                      "--eval_max_tokens",
+                                      65536 if self.device == "cpu" else 262144, "--seed", self.sp.seed])
+        results = json.loads(out.read_text())["results"]
+        self.finish("eval", started, results={f"{r['task']}:{r['metric']}": r["value"] for r in results})
+        return self.stage("eval")
+
+    def export(self, final: Path) -> Path | None:
+        if not self.sp.export_gguf:
+            return None
+        import importlib.util
+
+        if self.sp.tokenizer_type == "char":
+            logger.warning("export: skipped: GGUF runtimes need a byte-level BPE tokenizer, not a char one "
+                           "(the model folder works with tinyllm chat/serve and pipeline())")
+            self.finish("export", time.time(), skipped="char tokenizer")
+            return None
+        if importlib.util.find_spec("gguf") is None:
+            logger.warning("export: the gguf package is not installed (pip install 'tinyllm[gguf]'): no GGUF file")
+            return None
+        gguf = final / f"{self.out.name}-f16.gguf"
+        if self.done("export"):
+            return gguf
+        started = time.time()
+        self.command("export", "export", [final, "--format", "gguf", "--outtype", "f16", "--output", gguf,
+                                          "--overwrite", "true"])
+        self.finish("export", started, file=str(gguf))
+        return gguf
+
+    def data_flags(self) -> list:
+        """The corpus options the user gave (those that differ from the defaults), as flags for each stage."""
+        flags = ["--dataset_name", self.data.dataset_name]
+        for f in dataclasses.fields(self.data):
+            value = getattr(self.data, f.name)
+            if f.name in ("dataset_name", "block_size", "eval_max_tokens") or value is None or value == f.default:
+                continue
+            flags += [f"--{f.name}", value]
+        return flags
+
+
+def _quote(arg) -> str:
+    text = str(arg)
+    return f"'{text}'" if any(ch in text for ch in " |'\"$") else text
+
+
+def _ceil_budget(seconds: float) -> str:
+    if seconds <= 90:
+        return f"{math.ceil(seconds / 5) * 5:.0f}s"
+    return f"{math.ceil(seconds / 60):.0f}m"
+
+
+def _sft_dataset(value: str | None, corpus: str | None) -> str | None:
+    if value in (None, "", "none", "None"):
+        return None
+    if value == "auto":
+        return "builtin_qa" if corpus == "builtin" else None
+    return value
+
+
+def _corpus_bytes(data: DataArguments, seed: int) -> int | None:
+    """The corpus's size in bytes: its files', the built-in corpus generated, None for a Hub dataset."""
+    stream = CorpusStream(data, seed)
+    if stream.total_bytes is not None:
+        return stream.total_bytes
+    if stream.kind == "builtin":
+        docs = generate_corpus(data.builtin_num_documents, seed, data.builtin_languages)
+        return sum(len(d.text.encode("utf-8")) for d in docs)
+    return None
+
+
+def _check_disk(out: Path, corpus_bytes: int | None) -> None:
+    """Shards (at most 2 bytes per corpus byte as uint16 tokens, 4 as uint32) plus the model folders."""
+    root = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    need = 4 * (corpus_bytes or 0) + (300 << 20)
+    free = shutil.disk_usage(root).free
+    if free < need:
+        raise DataError(f"not enough disk in {root.resolve()} for the speedrun: about {fmt_bytes(need)} needed "
+                        f"(token shards and model folders), {fmt_bytes(free)} free; free some space or choose "
+                        f"another --output_dir (and --cache_dir for the shards)")
+
+
+# ---------------------------------------------------------------- the command
+
+def run_speedrun(sp: SpeedrunArguments, data: DataArguments, run_command: Callable[[str, list], int]) -> int:
+    """The speedrun. `run_command(name, argv) -> exit status` runs one tinyllm command in this process (the CLI
+    gives its own `run`: each stage is exactly the command the report card shows)."""
+    if not sp.time_budget:
+        raise ConfigError("give --time_budget, the wall time for the whole run: e.g. 90s, 10m or 1.5h")
+    total = parse_duration(sp.time_budget)
+    if data.block_size is not None:
+        raise ConfigError("the speedrun chooses block_size with the model's shape; drop --block_size (or train by "
+                          "hand with tinyllm pretrain)")
+    if total < MIN_BUDGET_S:
+        raise ConfigError(f"time_budget {sp.time_budget} is too small for even the smallest model: give at least "
+                          f"{MIN_BUDGET_S}s (tokenizer, data, a probe of this machine, {MIN_PRETRAIN_STEPS} training "
+                          f"steps, evaluation and export)")
+    run = Speedrun(sp, data, run_command)
+    run.open()
+    if run.done("report") and not sp.dry_run:
+        final = run.out / "chat" if (run.out / "chat" / "config.json").is_file() else run.out / "pretrain"
+        gguf = run.state["stages"].get("export", {}).get("file")
+        print(f"This speedrun is complete: report card {run.out / CARD_FILE} (--overwrite_output_dir true to run "
+              f"it again)")
+        print(next_steps(final, final.name == "chat", Path(gguf) if gguf else None))
+        return 0
+    print(f"speedrun: {data.dataset_name} in {fmt_duration(total)} on {run.device}; output {run.out}", flush=True)
+    tokenizer_dir = run.tokenizer()
+    corpus = run.prepare(tokenizer_dir)
+    plan = run.plan(corpus)
+    print(plan_text(plan, run), flush=True)
+    run.check_epochs(plan)
+    if sp.dry_run:
+        print("dry run: nothing trained. The tokenizer and token shards are kept; the same command without "
+              "--dry_run trains with this plan (measured again at its start).")
+        if run.state_path.is_file():  # a dry run leaves no plan and no spent time behind: the real run probes again
+            run.state["stages"] = {k: v for k, v in run.state["stages"].items() if k in ("tokenizer", "prepare")}
+            run.state.pop("plan", None)
+            run.state["spent_s"] = 0.0
+            run.state_path.write_text(json.dumps(run.state, indent=2, ensure_ascii=False) + "\n")
+        return 0
+    plan = run.calibrate(plan, tokenizer_dir)
+    c = plan["choice"]
+    print(f"calibrated on this corpus: predicted validation loss {c['predicted_loss']:.3f} after "
+          f"{c['tokens'] / 1e6:.2f}M tokens of {c['shape']['name']}", flush=True)
+    base = run.pretrain(plan, tokenizer_dir)
+    chat = run.sft(base)
+    final = chat or base
+    run.evaluate(final)
+    gguf = run.export(final)
+    card = write_card(run, final, gguf)
+    run.state["stages"].setdefault("report", {})["done"] = True
+    run.save()
+    print(f"\nSpeedrun done in {fmt_duration(run.elapsed())} of {fmt_duration(total)}; report card: {card}")
+    print(next_steps(final, chat is not None, gguf))
+    return 0
+
+
+def plan_text(plan: dict, run: Speedrun) -> str:
+    c = plan["choice"]
+    shares = plan["shares"]
+    lines = [f"plan ({'calibrated' if 'E' in plan else 'before calibration'}):"]
+    lines += [f"  - {r}" for r in c["reasons"]]
+    lines.append("  budget: " + ", ".join(f"{k} {fmt_duration(v)}" for k, v in shares.items() if v)
+                 + f" (after {fmt_duration(run.elapsed())} of tokenizer, data and probe)")
+    return "\n".join(lines)
+
+
+def next_steps(final: Path, chat: bool, gguf: Path | None) -> str:
+    name = final.parent.name.replace("_", "-").lower() or "tinyllm"
+    lines = ["Next:"]
+    lines.append(f"  tinyllm chat {final}" if chat else f"  tinyllm generate {final} --prompt \"Once upon a time\"")
+    lines.append(f"  tinyllm serve {final}      # OpenAI-compatible API + web chat")
+    if gguf:
+        lines.append(f"  ollama create {name} -f {gguf.with_suffix('.Modelfile')} && ollama run {name}")
+    return "\n".join(lines)
+
+
+def write_card(run: Speedrun, final: Path, gguf: Path | None) -> Path:
+    """SPEEDRUN.md: per stage the predicted and achieved time (and loss), the choices and why, and the commands."""
+    s, plan = run.state["stages"], run.state["plan"]
+    c, shares = plan["choice"], plan["shares"]
+    pre = s.get("pretrain", {})
+
+    def row(name, predicted, achieved, p_loss="", a_loss=""):
+        return f"| {name} | {predicted} | {achieved} | {p_loss} | {a_loss} |"
+
+    def secs(name):
+        rec = s.get(name, {})
+        return f"{rec['seconds']:.0f} s" if "seconds" in rec else "—"
+
+    rows = [row("tokenizer", "—", secs("tokenizer")), row("prepare", "—", secs("prepare")),
+            row("probe", "—", secs("probe")),
+            row("calibrate", f"{s.get('calibrate', {}).get('planned_s', 0):.0f} s", secs("calibrate")),
+            row("pretrain", f"{shares['pretrain']:.0f} s", secs("pretrain"), f"{c['predicted_loss']:.3f}",
+                f"{pre['loss']:.3f}" if pre.get("loss") is not None else "—")]
+    if "sft" in s:
+        rows.append(row("sft", f"{shares['sft']:.0f} s", secs("sft"), "", s["sft"].get("skipped", "")))
+    rows.append(row("eval", f"{shares['eval']:.0f} s", secs("eval")))
+    if gguf:
+        rows.append(row("export", f"{shares['export']:.0f} s", secs("export")))
+    total = sum(v.get("seconds", 0) for v in s.values())
+    error = (c["predicted_loss"] / pre["loss"] - 1) if pre.get("loss") else None
+    lines = [f"# Speedrun report card: {run.data.dataset_name} in {fmt_duration(run.total)}", "",
+             f"Wall time {run.elapsed():.0f} s of a {run.total:.0f} s budget ({run.elapsed() / run.total:.1%}); "
+             f"{sum(1 for v in s.values() if v.get('resumed_from'))} resume(s). Device: {plan['device']}.", "",
+             "| stage | predicted time | achieved time | predicted loss | achieved loss |", "|---|---|---|---|---|",
+             *rows, "", f"Stages total {total:.0f} s (the rest is start-up and bookkeeping)."]
+    if error is not None:
+        lines.append(f"Validation loss (nats per token) predicted {c['predicted_loss']:.3f}, achieved "
+                     f"{pre['loss']:.3f}: the prediction was off by {error:+.1%}; bits per byte "
+                     f"{pre.get('bits_per_byte')}.")
+    lines += ["", "## Choices and why", "", f"- tokenizer: {s.get('tokenizer', {}).get('choice', '')}",
+              *[f"- {r}" for r in c["reasons"]],
+              f"- loss model: L = E + {sizing.FIT.A:g} / N^{sizing.FIT.alpha:g} + {sizing.FIT.B:g} / D'^"
+              f"{sizing.FIT.beta:g} (fitted here, docs/speedrun.md), E = {plan.get('E')} from the calibration run "
+              f"({s.get('calibrate', {}).get('tokens', 0):,} tokens, loss {s.get('calibrate', {}).get('loss', 0):.3f})",
+              "", "| shape | parameters (no emb.) | tokens/s | tokens | predicted loss |", "|---|---|---|---|---|"]
+    for cand in c["candidates"]:
+        lines.append(f"| {cand['shape']} | {cand['params']:,} | {cand['tokens_per_second']:,.0f} | "
+                     f"{cand['tokens'] / 1e6:.2f}M | {cand['predicted_loss']:.3f} |")
+    if s.get("sft", {}).get("exact_match") is not None:
+        lines += ["", f"SFT on {run.sft_name}: held-out exact match {s['sft']['exact_match_before']:.3f} before -> "
+                      f"{s['sft']['exact_match']:.3f} after."]
+    ev = s.get("eval", {}).get("results", {})
+    if ev:
+        lines += ["", "## Evaluation of the final model", "", "| task:metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in ev.items()]
+    lines += ["", "## The commands each stage ran", ""]
+    for name, rec in s.items():
+        for cmd in rec.get("commands", []):
+            lines.append(f"- {name}: `{cmd}`")
+    lines += ["", "```", next_steps(final, "sft" in s and not s["sft"].get("skipped"), gguf), "```", ""]
+    path = run.out / CARD_FILE
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
