@@ -347,7 +347,7 @@ class Speedrun:
         started = time.time()
         shares = self.state["plan"]["shares"]
         seconds = self.left() - shares["eval"] - shares["export"] - 0.005 * self.total  # what pretraining left
-        if seconds < 10:
+        if seconds < 5:
             logger.warning("sft: only %.0f s left for it: skipped (the base model is the result)", seconds)
             self.finish("sft", started, skipped=f"{seconds:.0f} s left")
             return None
