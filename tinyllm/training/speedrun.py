@@ -329,7 +329,7 @@ class Speedrun:
             flags += ["--resume_from_checkpoint", last]
             rec["resumed_from"] = last
             print(f"pretrain: resuming from {last} with {fmt_duration(seconds)} of its share left", flush=True)
-        flags += ["--save_steps", max(c["steps"] // 4, 50)]
+        flags += ["--save_steps", max(c["steps"] // 4, 10)]  # checkpoints to resume from, even in a short run
         self.command("pretrain", "pretrain", flags)
         m = json.loads((folder / "all_results.json").read_text())
         self.finish("pretrain", started, loss=m.get("eval_loss"), bits_per_byte=m.get("eval_bits_per_byte"),
