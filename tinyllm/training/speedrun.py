@@ -191,10 +191,11 @@ class Speedrun:
         if self.done("prepare"):
             return self.stage("prepare")
         started = time.time()
-        shards = prepare_shards(self.data, load_tokenizer(str(tokenizer_dir)), self.sp.seed)
+        tokenizer = load_tokenizer(str(tokenizer_dir))
+        shards = prepare_shards(self.data, tokenizer, self.sp.seed)
         m = shards.meta
         self.finish("prepare", started, train_tokens=m["train"]["tokens"], eval_tokens=m["validation"]["tokens"],
-                    folder=str(shards.folder), vocab_size=len(load_tokenizer(str(tokenizer_dir))))
+                    folder=str(shards.folder), vocab_size=len(tokenizer))
         print(f"corpus: {m['train']['tokens']:,} training tokens, {m['validation']['tokens']:,} held out "
               f"({shards.folder})", flush=True)
         return self.stage("prepare")
