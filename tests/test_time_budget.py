@@ -63,29 +63,44 @@ def test_a_budgeted_run_stops_by_itself_with_the_schedule_done(tmp_path, capsys)
     assert state["global_step"] == steps
 
 
-def test_a_slow_start_does_not_end_the_run_early(monkeypatch):
-    """Five slow first steps (another process, start-up) must not fix the run's length: it is measured again
-    before stopping, and the budget is still kept."""
+def _simulate(monkeypatch, seconds: float, step_s, start_s: float = 0.0, eval_sequences: int = 0) -> tuple:
+    """A budgeted run on a fake clock: `start_s` of start-up, then steps of `step_s(step)` seconds, until the
+    callback stops it. Returns (steps, seconds spent)."""
     from types import SimpleNamespace
 
     from tinyllm.training import budget as budget_module
     from tinyllm.training.budget import BudgetCallback
 
-    clock = [0.0]
+    clock = [start_s]
     monkeypatch.setattr(budget_module.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(budget_module.time, "time", lambda: 1000.0 + clock[0])
-    budget = TimeBudget(100, start=1000.0)
-    cb = BudgetCallback(budget, probe_steps=5, every=10, eval_sequences=0)
+    budget = TimeBudget(seconds, start=1000.0)
+    cb = BudgetCallback(budget, probe_steps=5, every=10, eval_sequences=eval_sequences)
     args = SimpleNamespace(eval_strategy="no", eval_steps=None, save_strategy="no", save_steps=None,
                            per_device_train_batch_size=8, gradient_accumulation_steps=1)
     state = SimpleNamespace(global_step=0, max_steps=0)
     control = SimpleNamespace(should_training_stop=False, should_save=False, should_evaluate=False)
-    for step in range(1, 10_000):
+    for step in range(1, 100_000):
         cb.on_step_begin(args, state, control)
-        clock[0] += 12.0 if step <= 5 else 0.1  # 60 s for the first five steps, then 0.1 s a step
+        clock[0] += step_s(step)
         state.global_step = step
-        cb.on_step_end(args, state, control)
+        cb.on_step_end(args, state, control, model=SimpleNamespace(num_parameters=lambda: 300_000))
         if control.should_training_stop:
             break
-    assert state.global_step > 250  # ~33 s of fast steps fit after the slow start and the final reserve
-    assert clock[0] <= 100  # and the deadline holds
+    return state.global_step, clock[0]
+
+
+def test_a_slow_start_does_not_end_the_run_early(monkeypatch):
+    """Five slow first steps (another process, start-up) must not fix the run's length: it is measured again
+    before stopping, and the budget is still kept."""
+    steps, spent = _simulate(monkeypatch, 100, lambda step: 12.0 if step <= 5 else 0.1)  # 60 s, then 0.1 s a step
+    assert steps > 250  # ~33 s of fast steps fit after the slow start and the final reserve
+    assert spent <= 100  # and the deadline holds
+
+
+def test_a_short_budget_is_not_eaten_by_the_final_reserve(monkeypatch):
+    """The speedrun's calibration: 10 s, ~3 s of start-up, 20 ms steps, a 512-sequence held-out set. The reserve
+    for the final evaluation and save (fixed parts sized for minutes) once left it one step."""
+    steps, spent = _simulate(monkeypatch, 10, lambda step: 0.02, start_s=3.0, eval_sequences=512)
+    assert steps > 150  # more than half of the 7 s left trains
+    assert spent <= 10

@@ -130,18 +130,20 @@ class BudgetCallback(TrainerCallback):
 
     def _guess_eval(self, args, step_s: float) -> float:
         """Before any evaluation was timed: a forward pass costs about a third of a training step per sequence
-        (x1.5 for safety), plus a second for the samples and the bookkeeping; unknown size: 20 steps."""
+        (x1.5 for safety), plus a second for the samples and the bookkeeping (less in a budget under 20 s: a
+        fixed reserve would eat a short run, such as the speedrun's 10 s calibration); unknown size: 20 steps."""
         if self.eval_sequences is None:
             return step_s * 20
         per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
-        return 1.5 * step_s * self.eval_sequences / max(per_step, 1) / 3 + 1.0
+        return 1.5 * step_s * self.eval_sequences / max(per_step, 1) / 3 + min(1.0, 0.05 * self.budget.seconds)
 
     @staticmethod
     def _guess_save(model) -> float:
-        """Before any checkpoint was timed: weights and AdamW's two moments (12 bytes a parameter) at ~200 MB/s."""
+        """Before any checkpoint was timed: weights and AdamW's two moments (12 bytes a parameter) at ~200 MB/s,
+        plus 0.2 s (a 0.3M-parameter folder saves in ~0.1 s on a 2-core CPU)."""
         if model is None:
             return 2.0
-        return 0.5 + 12 * model.num_parameters() / 200e6
+        return 0.2 + 12 * model.num_parameters() / 200e6
 
     def _estimate(self, args, state, model=None, window: int = 50) -> None:
         recent = statistics.median(self.step_times[-window:])  # robust to a slow step
@@ -152,7 +154,8 @@ class BudgetCallback(TrainerCallback):
         save_every = args.save_steps if args.save_strategy != "no" and args.save_steps else None
         per_step = recent + (eval_cost / eval_every if eval_every else 0) + (save_cost / save_every if save_every
                                                                             else 0)
-        final = eval_cost + 2 * save_cost + 2.0  # the final evaluation with samples, the folder, its plot and cards
+        # the final evaluation with samples, the folder, its plot and cards (a smaller fixed part in a short budget)
+        final = eval_cost + 2 * save_cost + min(2.0, 0.1 * self.budget.seconds)
         more = int(max(self.budget.remaining() - final, 0) / per_step)
         total = state.global_step + more
         first = not self.budget.measured
