@@ -2,7 +2,7 @@
 
     TINYLLM_CORPUS_MIRROR=file:///path/to/shared/data python benchmarks/speedrun_grid.py \
         [--corpora builtin tiny_shakespeare tinystories] [--budgets 2m 5m 15m] [--grid_budgets 2m] \
-        [--workdir /tmp/speedrun_grid]
+        [--presets nano micro baby small] [--workdir /tmp/speedrun_grid]
 
 Per corpus and budget:
 - the speedrun, exactly as a user runs it (`tinyllm speedrun --dataset_name X --time_budget B`; char tokens for
@@ -74,6 +74,8 @@ def main():
     ap.add_argument("--corpora", nargs="+", default=["builtin", "tiny_shakespeare", "tinystories"])
     ap.add_argument("--budgets", nargs="+", default=["2m", "5m", "15m"])
     ap.add_argument("--grid_budgets", nargs="+", default=["2m"])
+    ap.add_argument("--presets", nargs="+", default=PRESETS, choices=PRESETS,
+                    help="the grid's presets (rows already in WORKDIR/rows.jsonl count too)")
     ap.add_argument("--workdir", default="/tmp/speedrun_grid")
     a = ap.parse_args()
     work = Path(a.workdir)
@@ -97,7 +99,7 @@ def main():
                 sr = speedrun(work, corpus, budget)
                 keep(sr)
             if budget in a.grid_budgets:
-                for preset in PRESETS:
+                for preset in a.presets:
                     for lr in LRS:
                         if have(kind="hand", corpus=corpus, budget=budget, preset=preset, lr=lr) is None:
                             keep(hand(work, corpus, budget, preset, lr, sr["tokenizer"]))

@@ -2,17 +2,22 @@
 loss in the time there is. Pure arithmetic on measured speeds (no torch import), so it is tested on its own.
 
 The rule, and where each part comes from (docs/speedrun.md has the data):
+- Shape: the one whose budget buys closest to TOKENS_PER_PARAM effective tokens per parameter (without
+  embeddings), on a log scale. Chinchilla's rule of thumb is ~20 at 10M-10B parameters; the runs measured here
+  (0.1M-5M parameters, 30-120 s on a 2-core CPU, three corpora) were won at 6-10 (benchmarks/speedrun_fit.py,
+  benchmarks/speedrun_grid.py). Choosing by the loss model below picked the smallest shape every time, 4% worse.
 - Loss model L(N, D) = E + A / N^alpha + B / D'^beta (Hoffmann et al. 2022, "Chinchilla"), N the parameters
-  without embeddings, D' the effective tokens. A, alpha, B, beta were fitted to pretraining runs measured on this
-  2-core CPU (benchmarks/speedrun_fit.py, FIT below); E depends on the corpus and tokenizer and is calibrated on
-  the user's own corpus by a short run of the smallest shape before the choice (tinyllm.training.speedrun).
+  without embeddings, D' the effective tokens: the predicted loss the report card compares with the achieved one.
+  A, alpha, B, beta were fitted to pretraining runs measured on this 2-core CPU (benchmarks/speedrun_fit.py, FIT
+  below); E depends on the corpus and tokenizer and is calibrated on the user's own corpus by a short run of the
+  smallest shape (tinyllm.training.speedrun). At these sizes the form fits the runs to ~10% only (docs/speedrun.md).
 - Repeating data: D' = U + U * R* * (1 - exp(-R / R*)), U unique tokens, R = epochs - 1 repeats, R* = 15.4
   (Muennighoff et al. 2023, "Scaling Data-Constrained Language Models": up to ~4 epochs are worth nearly as much
   as fresh data, and the value of further repeats decays with R*). Epochs are capped at `max_epochs` (default 16,
   ~R*: a hard cap at 4 made the rule pick a bigger, under-trained model on a 250k-token corpus, 1.77 against 1.42
   bits per byte in 2 minutes, docs/speedrun.md).
 - Tokens per shape: the measured tokens per second of that shape on this device (the probe) times the seconds the
-  pretraining stage has; the shape with the lowest predicted loss wins.
+  pretraining stage has.
 - Learning rate by width: lr = LR_AT_128 * (128 / width) ** LR_EXPONENT (AdamW; measured up to 256 wide, 1/width
   beyond).
 - Tokens per step: enough optimizer steps for the schedule (at least ~TARGET_STEPS), in powers of two.
@@ -27,10 +32,15 @@ import math
 from dataclasses import asdict, dataclass, field
 
 __all__ = ["Shape", "shape_ladder", "LossModel", "FIT", "lr_for_width", "vocab_for_corpus", "tokens_per_step",
-           "effective_tokens", "Candidate", "Choice", "choose", "MUENNIGHOFF_R_STAR", "block_size_for"]
+           "effective_tokens", "Candidate", "Choice", "choose", "MUENNIGHOFF_R_STAR", "block_size_for",
+           "TOKENS_PER_PARAM"]
 
 MUENNIGHOFF_R_STAR = 15.4  # their fitted "repeats after which data is worth 1/e as much" for data
 TARGET_STEPS = 800  # fewer steps than this and the schedule's warmup and decay dominate a short run
+# Effective tokens per parameter (without embeddings) of the best shape in the runs measured here: 6.9 and 8.4 in
+# 30 s, 6.1 in 120 s (TinyStories), 9.6 for Tiny Shakespeare (char) in 2 minutes; geometric mean 7.6
+# (docs/speedrun.md, "the shape").
+TOKENS_PER_PARAM = 8.0
 
 
 @dataclass(frozen=True)
@@ -145,6 +155,7 @@ class Candidate:
     tokens: float  # what the budget buys, capped at max_epochs
     epochs: float | None  # uncapped: what the budget would buy
     predicted_loss: float
+    tokens_per_param: float = 0.0  # effective tokens per parameter without embeddings
 
 
 @dataclass
@@ -165,14 +176,15 @@ class Choice:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["shape"] = {**asdict(self.shape), "name": self.shape.name}
-        d["candidates"] = [{**asdict(c), "shape": c.shape.name} for c in self.candidates]
+        d["candidates"] = [{**asdict(c), "shape": c.shape.name, "n_head": c.shape.n_head} for c in self.candidates]
         return d
 
 
 def choose(speeds: dict[Shape, float], seconds: float, loss_model: LossModel, unique_tokens: float | None,
-           tokenizer_type: str = "bpe", max_epochs: float = 16.0) -> Choice:
-    """The shape (of those measured: tokens per second) with the lowest predicted loss after `seconds` of
-    pretraining, with its batch, learning rate and steps, and the reasons in words."""
+           tokenizer_type: str = "bpe", max_epochs: float = 16.0, tokens_per_param: float = TOKENS_PER_PARAM) -> Choice:
+    """The shape (of those measured: tokens per second) whose `seconds` of pretraining buy closest to
+    `tokens_per_param` effective tokens per parameter, with its batch, learning rate, steps, predicted loss and the
+    reasons in words."""
     if not speeds:
         raise ValueError("no shape was measured")
     cands = []
@@ -181,26 +193,30 @@ def choose(speeds: dict[Shape, float], seconds: float, loss_model: LossModel, un
         cap = max_epochs * unique_tokens if unique_tokens else None
         tokens = min(affordable, cap) if cap else affordable
         n = shape.non_embedding_params()
-        loss = loss_model.predict(n, effective_tokens(tokens, unique_tokens))
+        effective = effective_tokens(tokens, unique_tokens)
         epochs = affordable / unique_tokens if unique_tokens else None
-        cands.append(Candidate(shape, n, tps, tokens, epochs, loss))
+        cands.append(Candidate(shape, n, tps, tokens, epochs, loss_model.predict(n, effective), effective / n))
+
+    def distance(c: Candidate) -> float:
+        return abs(math.log(max(c.tokens_per_param, 1e-9) / tokens_per_param))
+
     # a shape that would repeat the corpus more than max_epochs would end early (its tokens are capped): it is
     # chosen only when every shape would
     fits = [c for c in cands if not (c.epochs and c.epochs > max_epochs)]
-    best = min(fits, key=lambda c: c.predicted_loss) if fits else min(cands, key=lambda c: c.epochs or 0)
+    best = min(fits, key=distance) if fits else min(cands, key=lambda c: c.epochs or 0)
     block = block_size_for(best.shape, tokenizer_type)
     per_step = tokens_per_step(best.tokens, block)
     steps = max(int(best.tokens // per_step), 1)
     capped = bool(best.epochs and best.epochs > max_epochs)
     lr = lr_for_width(best.shape.n_embd)
-    ranked = sorted(fits or cands, key=lambda c: c.predicted_loss)
+    ranked = sorted(fits or cands, key=distance)
     reasons = [
-        f"shape {best.shape.name} ({best.params / 1e6:.2f}M parameters without embeddings): the lowest predicted "
-        f"loss of the {len(fits)} of {len(cands)} shapes measured here that fit the corpus ("
-        + ", ".join(f"{c.shape.name} {c.predicted_loss:.3f}" for c in ranked[:4]) + ")",
+        f"shape {best.shape.name} ({best.params / 1e6:.2f}M parameters without embeddings): of the {len(fits)} of "
+        f"{len(cands)} shapes measured here that fit the corpus, the closest to {tokens_per_param:g} effective "
+        f"tokens per parameter, the best ratio in the runs measured for this rule ("
+        + ", ".join(f"{c.shape.name} {c.tokens_per_param:.1f}" for c in ranked[:4]) + ")",
         f"{best.tokens / 1e6:.2f}M tokens = {best.tokens_per_second:,.0f} tokens/s measured x "
-        f"{best.tokens / best.tokens_per_second:.0f} s" + (f" ({best.tokens / best.params:.1f} tokens per parameter)"
-                                                            if best.params else ""),
+        f"{best.tokens / best.tokens_per_second:.0f} s",
         f"learning rate {lr:.2g}: measured best {LR_AT_128:g} at widths 64-256"
         + (f", x 256/{best.shape.n_embd} beyond" if best.shape.n_embd > LR_MEASURED_WIDTH else ""),
         f"{per_step:,} tokens per step ({per_step // block} x {block}): ~{steps} steps",

@@ -7,9 +7,10 @@ Stages, in order, each the same tinyllm command a user would run by hand (the re
   tokenizer  train-tokenizer (BPE sized by the corpus, or char)
   prepare    token shards on disk (data/shards.py), which give the corpus's size in tokens
   probe      tokens per second of each candidate shape on this device (training/probe.py)
-  plan       the shape, batch, learning rate and tokens with the lowest predicted loss (training/sizing.py)
-  calibrate  a short pretraining run of the chosen shape: the loss model's constant for this corpus, and the
-             trainer's real speed
+  plan       the shape whose budget buys ~8 tokens per parameter, its batch, learning rate and tokens
+             (training/sizing.py)
+  calibrate  a short pretraining run of the smallest shape: the loss model's constant for this corpus (the
+             predicted loss), and the trainer's real speed
   pretrain   `tinyllm pretrain --time_budget <its share>`
   sft        `tinyllm sft --time_budget <its share>` when question-answer data is given (builtin_qa for builtin)
   eval       `tinyllm eval`
@@ -293,9 +294,9 @@ class Speedrun:
         out = []
         for cand in plan["choice"]["candidates"]:
             layers, width = map(int, cand["shape"].split("x"))
-            shape = sizing.Shape(layers, width // (32 if width < 256 else 64), width)
+            shape = sizing.Shape(layers, cand["n_head"], width)
             out.append(sizing.Candidate(shape, cand["params"], cand["tokens_per_second"], cand["tokens"],
-                                        cand["epochs"], cand["predicted_loss"]))
+                                        cand["epochs"], cand["predicted_loss"], cand["tokens_per_param"]))
         return out
 
     def pretrain_flags(self, shape: sizing.Shape, block: int, lr: float, per_step: int, steps: int,
@@ -565,10 +566,11 @@ def write_card(run: Speedrun, final: Path, gguf: Path | None) -> Path:
               f"- loss model: L = E + {sizing.FIT.A:g} / N^{sizing.FIT.alpha:g} + {sizing.FIT.B:g} / D'^"
               f"{sizing.FIT.beta:g} (fitted here, docs/speedrun.md), E = {plan.get('E')} from the calibration run "
               f"({s.get('calibrate', {}).get('tokens', 0):,} tokens, loss {s.get('calibrate', {}).get('loss', 0):.3f})",
-              "", "| shape | parameters (no emb.) | tokens/s | tokens | predicted loss |", "|---|---|---|---|---|"]
+              "", "| shape | parameters (no emb.) | tokens/s | tokens | tokens per parameter | predicted loss |",
+              "|---|---|---|---|---|---|"]
     for cand in c["candidates"]:
         lines.append(f"| {cand['shape']} | {cand['params']:,} | {cand['tokens_per_second']:,.0f} | "
-                     f"{cand['tokens'] / 1e6:.2f}M | {cand['predicted_loss']:.3f} |")
+                     f"{cand['tokens'] / 1e6:.2f}M | {cand['tokens_per_param']:.1f} | {cand['predicted_loss']:.3f} |")
     if s.get("sft", {}).get("exact_match") is not None:
         lines += ["", f"SFT on {run.sft_name}: held-out exact match {s['sft']['exact_match_before']:.3f} before -> "
                       f"{s['sft']['exact_match']:.3f} after."]
