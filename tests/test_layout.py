@@ -1,6 +1,7 @@
 """The package's structure: imports run one way (no cycles), a stage never imports another stage, and sibling
-modules are imported at the top of a module where a reader sees them (only cli.py defers its stage imports, so
-`--help` stays instant). Read from the source with ast: function-local and TYPE_CHECKING imports count too."""
+modules are imported at the top of a module where a reader sees them (only cli.py defers its stage imports, and
+options.py the TrainingArguments classes, so `--help` stays instant). Read from the source with ast:
+function-local and TYPE_CHECKING imports count too."""
 
 import ast
 from pathlib import Path
@@ -122,10 +123,12 @@ def test_no_stage_imports_another_stage():
 
 
 def test_sibling_modules_are_imported_at_the_top():
-    """Only cli.py imports tinyllm modules inside functions (its command functions); anywhere else such an
-    import hides an edge of the graph from the reader."""
+    """Only cli.py (its command functions) and options.py (the TrainingArguments subclasses, once options are
+    parsed) import tinyllm modules inside functions; anywhere else such an import hides an edge of the graph
+    from the reader."""
+    deferred = {PACKAGE / "cli.py", PACKAGE / "options.py"}
     hidden = sorted(f"{_module_name(p)} imports {m} inside a function" for p in PACKAGE.rglob("*.py")
-                    if p.name != "cli.py" for m, local in _imports(p) if local)
+                    if p not in deferred for m, local in _imports(p) if local)
     assert not hidden, "; ".join(hidden)
 
 
