@@ -81,17 +81,23 @@ def best_lr(rows: list[dict]) -> float:
     return math.exp(min(max(-b / (2 * a), x0), x2))
 
 
+def bytes_per_token(r: dict) -> float:
+    """Held-out bytes per token of a run: its loss in nats per token over nats per byte."""
+    return r["eval_loss"] / (math.log(2) * r["bpb"])
+
+
 def lstsq(rows: dict, alpha: float, beta: float):
-    """One E per corpus and shared A, B >= 0, least squares for fixed exponents."""
+    """One E per corpus and shared A, B >= 0, least squares for fixed exponents; nats per byte against bytes (the
+    units sizing.LossModel uses: a character tokenizer and a BPE one share them)."""
     import numpy as np
 
     groups = list(rows)
     X, y = [], []
     for gi, g in enumerate(groups):
         for r in rows[g]:
-            X.append([1.0 if gj == gi else 0.0 for gj in range(len(groups))]
-                     + [r["params"] ** -alpha, effective_tokens(r["tokens"], r["unique_tokens"]) ** -beta])
-            y.append(r["eval_loss"])
+            seen = effective_tokens(r["tokens"], r["unique_tokens"]) * bytes_per_token(r)
+            X.append([1.0 if gj == gi else 0.0 for gj in range(len(groups))] + [r["params"] ** -alpha, seen ** -beta])
+            y.append(r["bpb"] * math.log(2))
     X, y = np.array(X), np.array(y)
     coef, *_ = np.linalg.lstsq(X, y, rcond=None)
     coef[-2:] = np.maximum(coef[-2:], 0.0)
@@ -162,16 +168,19 @@ def main():
     f = fit(rows)
     print(f"\nruns repeating the corpus at most {a.max_epochs:g} times (the speedrun caps epochs at 4), of at least "
           f"{a.min_steps} steps")
-    print("\n| corpus (workdir) | run | N (no emb.) | tokens | epochs | loss | fit | bpb |\n" + "|---" * 8 + "|")
+    print("\n| corpus (workdir) | run | N (no emb.) | tokens | epochs | loss (nats/token) | bytes/token | nats/byte "
+          "| fit |\n" + "|---" * 9 + "|")
     for g, rs in rows.items():
         for r in sorted(rs, key=lambda r: (r["params"], r["tokens"])):
-            pred = f["E"][g] + f["A"] * r["params"] ** -f["alpha"] + f["B"] * effective_tokens(
-                r["tokens"], r["unique_tokens"]) ** -f["beta"]
+            per = bytes_per_token(r)
+            pred = f["E"][g] + f["A"] * r["params"] ** -f["alpha"] + f["B"] * (effective_tokens(
+                r["tokens"], r["unique_tokens"]) * per) ** -f["beta"]
             print(f"| {Path(g).name} | {r['key']} | {r['params']:,} | {r['tokens']:,} | "
-                  f"{r['tokens'] / r['unique_tokens']:.1f} | {r['eval_loss']:.4f} | {pred:.4f} | {r['bpb']} |")
-    print(f"\nfit: A={f['A']:.3g} alpha={f['alpha']:.2f} B={f['B']:.3g} beta={f['beta']:.2f}, E per corpus "
-          + ", ".join(f"{Path(g).name} {e:.3f}" for g, e in f["E"].items()) + f" (rmse {f['rmse']:.4f} nats, "
-          f"{sum(map(len, rows.values()))} runs)")
+                  f"{r['tokens'] / r['unique_tokens']:.1f} | {r['eval_loss']:.4f} | {per:.2f} | "
+                  f"{r['bpb'] * math.log(2):.4f} | {pred:.4f} |")
+    print(f"\nfit (nats per byte against bytes): A={f['A']:.3g} alpha={f['alpha']:.2f} B={f['B']:.4g} "
+          f"beta={f['beta']:.2f}, E per corpus " + ", ".join(f"{Path(g).name} {e:.3f}" for g, e in f["E"].items())
+          + f" (rmse {f['rmse']:.4f} nats per byte, {sum(map(len, rows.values()))} runs)")
     print(f"sizing.py: FIT = LossModel(A={f['A']:.4g}, alpha={f['alpha']:.2f}, B={f['B']:.4g}, beta={f['beta']:.2f}); "
           f"LR_AT_128 = {lr128:.2g}; LR_EXPONENT = {k:.2f}")
 

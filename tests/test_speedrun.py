@@ -80,6 +80,16 @@ def test_loss_model_calibration_goes_through_the_point():
     model = FIT.calibrated(2.5, 1e6, 1e7)
     assert model.predict(1e6, 1e7) == pytest.approx(2.5)
     assert model.predict(1e6, 1e8) < 2.5  # more tokens: lower loss
+    bpe = FIT.calibrated(4.0, 1e6, 1e6, bytes_per_token=4.0)
+    assert bpe.predict(1e6, 1e6, 4.0) == pytest.approx(4.0)
+
+
+def test_the_loss_model_counts_text_not_tokens():
+    """The same text as characters (1 byte each) or BPE tokens (4 bytes): the same loss per byte after the same
+    bytes, so a character run is predicted to learn less per token than a BPE run."""
+    chars, bpe = FIT.calibrated(1.0, 1e5, 4e6, 1.0), FIT.calibrated(4.0, 1e5, 1e6, 4.0)
+    assert chars.E == pytest.approx(bpe.E)
+    assert chars.predict(1e5, 4e7, 1.0) == pytest.approx(bpe.predict(1e5, 1e7, 4.0) / 4)
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):

@@ -7,7 +7,8 @@ The rule, and where each part comes from (docs/speedrun.md has the data):
   (0.1M-5M parameters, 30-120 s on a 2-core CPU, three corpora) were won at 6-10 (benchmarks/speedrun_fit.py,
   benchmarks/speedrun_grid.py). Choosing by the loss model below picked the smallest shape every time, 4% worse.
 - Loss model L(N, D) = E + A / N^alpha + B / D'^beta (Hoffmann et al. 2022, "Chinchilla"), N the parameters
-  without embeddings, D' the effective tokens: the predicted loss the report card compares with the achieved one.
+  without embeddings, D' the effective tokens counted in bytes of text and L in nats per byte (so one fit serves
+  BPE and character tokens): the predicted loss the report card compares with the achieved one.
   A, alpha, B, beta were fitted to pretraining runs measured on this 2-core CPU (benchmarks/speedrun_fit.py, FIT
   below); E depends on the corpus and tokenizer and is calibrated on the user's own corpus by a short run of the
   smallest shape (tinyllm.training.speedrun). At these sizes the form fits the runs to ~10% only (docs/speedrun.md).
@@ -81,7 +82,9 @@ def block_size_for(shape: Shape, tokenizer_type: str) -> int:
 
 @dataclass(frozen=True)
 class LossModel:
-    """L(N, D) = E + A / N^alpha + B / D^beta, in nats per token."""
+    """L(N, D) = E + A / N^alpha + B / D^beta in nats per byte of text, D in bytes: units the tokenizer does not
+    change (a character tokenizer's token is a byte of English, a BPE token ~3-5). `predict` and `calibrated`
+    take tokens and the corpus's bytes per token and speak nats per token, as training logs do."""
 
     A: float
     alpha: float
@@ -89,24 +92,29 @@ class LossModel:
     beta: float
     E: float = 0.0
 
-    def reducible(self, n_params: float, tokens: float) -> float:
-        return self.A / max(n_params, 1.0) ** self.alpha + self.B / max(tokens, 1.0) ** self.beta
+    def reducible(self, n_params: float, tokens: float, bytes_per_token: float = 1.0) -> float:
+        """Nats per byte above E after `tokens` (effective) tokens of `bytes_per_token` bytes each."""
+        return self.A / max(n_params, 1.0) ** self.alpha + self.B / max(tokens * bytes_per_token, 1.0) ** self.beta
 
-    def predict(self, n_params: float, tokens: float) -> float:
-        return self.E + self.reducible(n_params, tokens)
+    def predict(self, n_params: float, tokens: float, bytes_per_token: float = 1.0) -> float:
+        """Validation loss in nats per token."""
+        return bytes_per_token * (self.E + self.reducible(n_params, tokens, bytes_per_token))
 
-    def calibrated(self, loss: float, n_params: float, tokens: float, floor: float | None = None) -> "LossModel":
-        """The same curve through one measured (N, D, loss) point: E = loss - the reducible part there (at least
-        `floor`: a loss is never negative, and a short run's point can put E below zero)."""
-        e = loss - self.reducible(n_params, tokens)
+    def calibrated(self, loss: float, n_params: float, tokens: float, bytes_per_token: float = 1.0,
+                   floor: float | None = None) -> "LossModel":
+        """The same curve through one measured point (`loss` in nats per token): E = loss per byte - the reducible
+        part there (at least `floor`: a loss is never negative, and a short run's point can put E below zero)."""
+        e = loss / bytes_per_token - self.reducible(n_params, tokens, bytes_per_token)
         return LossModel(self.A, self.alpha, self.B, self.beta, e if floor is None else max(e, floor))
 
 
-# Fitted by benchmarks/speedrun_fit.py on this 2-core CPU: 12 runs of 0.1M-4.8M parameters (without embeddings)
-# on the built-in corpus and a TinyStories slice, each corpus its own E (docs/speedrun.md has the runs, the command
-# and the residuals: rmse 0.20 nats). The exponents were searched within the range published fits give (0.2-0.6);
-# the data put both at its top.
-FIT = LossModel(A=32.71, alpha=0.60, B=3295.0, beta=0.60)
+# Fitted by benchmarks/speedrun_fit.py on this 2-core CPU in nats per byte against bytes: 12 runs of 0.1M-4.8M
+# parameters (without embeddings) on the built-in corpus and a TinyStories slice, each corpus its own E
+# (docs/speedrun.md has the runs, the command and the residuals: rmse 0.053 nats per byte). The exponents were
+# searched within the range published fits give (0.2-0.6); the data put both at its top. Fitted per token instead
+# (A 32.7, B 3295), the prediction for a character tokenizer was off by -15% to -32%: a character carries a
+# quarter of a BPE token's text.
+FIT = LossModel(A=12.5, alpha=0.60, B=1989.0, beta=0.60)
 # AdamW's best peak rate measured at 64, 128 and 256 wide (three rates each, 75 s runs on TinyStories): ~3.3e-3 at
 # every width (a power law through the three best has exponent -0.10, i.e. flat). Wider shapes were not measured
 # here; above 256 the rate falls as 1/width (muP's rule for hidden matrices), an assumption, not a fit.
@@ -181,10 +189,11 @@ class Choice:
 
 
 def choose(speeds: dict[Shape, float], seconds: float, loss_model: LossModel, unique_tokens: float | None,
-           tokenizer_type: str = "bpe", max_epochs: float = 16.0, tokens_per_param: float = TOKENS_PER_PARAM) -> Choice:
+           tokenizer_type: str = "bpe", max_epochs: float = 16.0, tokens_per_param: float = TOKENS_PER_PARAM,
+           bytes_per_token: float = 1.0) -> Choice:
     """The shape (of those measured: tokens per second) whose `seconds` of pretraining buy closest to
-    `tokens_per_param` effective tokens per parameter, with its batch, learning rate, steps, predicted loss and the
-    reasons in words."""
+    `tokens_per_param` effective tokens per parameter, with its batch, learning rate, steps, predicted loss (for
+    tokens of `bytes_per_token` bytes) and the reasons in words."""
     if not speeds:
         raise ValueError("no shape was measured")
     cands = []
@@ -195,7 +204,8 @@ def choose(speeds: dict[Shape, float], seconds: float, loss_model: LossModel, un
         n = shape.non_embedding_params()
         effective = effective_tokens(tokens, unique_tokens)
         epochs = affordable / unique_tokens if unique_tokens else None
-        cands.append(Candidate(shape, n, tps, tokens, epochs, loss_model.predict(n, effective), effective / n))
+        cands.append(Candidate(shape, n, tps, tokens, epochs, loss_model.predict(n, effective, bytes_per_token),
+                               effective / n))
 
     def distance(c: Candidate) -> float:
         return abs(math.log(max(c.tokens_per_param, 1e-9) / tokens_per_param))

@@ -46,12 +46,12 @@ from tinyllm.training import sizing
 from tinyllm.training.budget import parse_duration
 from tinyllm.training.probe import measure_speeds, micro_batch_for
 from tinyllm.training.recovery import find_last_checkpoint
+from tinyllm.training.speedrun_card import CARD_FILE, next_steps, plan_text, write_card
 
 __all__ = ["run_speedrun", "MIN_BUDGET_S", "Interrupted"]
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "speedrun.json"
-CARD_FILE = "SPEEDRUN.md"
 MIN_BUDGET_S = 45  # below this not even the smallest shape gets a few hundred steps after the fixed stages
 MIN_PRETRAIN_STEPS = 150
 _OPTION_KEYS = ("time_budget", "sft_dataset_name", "tokenizer_type", "vocab_size", "max_epochs", "seed",
@@ -223,8 +223,12 @@ class Speedrun:
                                 self.device, max(shares["pretrain"], 1.0))
         self.finish("probe", started, speeds={s.name: round(v) for s, v in speeds.items()})
         shares = self.shares()  # the probe took some of the time
+        corpus_bytes = self.stage("tokenizer").get("corpus_bytes")
+        # bytes per token until the calibration run measures it on held-out text: the corpus's size over its tokens
+        # (a Hub dataset's size is not known before reading: ~4, English BPE)
+        per_token = corpus_bytes / (corpus["train_tokens"] + corpus["eval_tokens"]) if corpus_bytes else 4.0
         choice = sizing.choose(speeds, shares["pretrain"] * 0.9, sizing.FIT, corpus["train_tokens"],
-                               self.sp.tokenizer_type, self.sp.max_epochs)
+                               self.sp.tokenizer_type, self.sp.max_epochs, bytes_per_token=per_token)
         smallest = min(speeds, key=lambda s: s.non_embedding_params())
         need = MIN_PRETRAIN_STEPS * sizing.tokens_per_step(0, sizing.block_size_for(
             smallest, self.sp.tokenizer_type)) / speeds[smallest]
@@ -234,7 +238,8 @@ class Speedrun:
                               f"give at least {_ceil_budget(minimum)} (the fixed stages took {self.elapsed():.0f} s, "
                               f"{MIN_PRETRAIN_STEPS} steps of {smallest.name} need {need:.0f} s)")
         plan = {"choice": choice.to_dict(), "shares": {k: round(v, 1) for k, v in shares.items()},
-                "train_tokens": corpus["train_tokens"], "vocab_size": corpus["vocab_size"], "device": self.device}
+                "train_tokens": corpus["train_tokens"], "vocab_size": corpus["vocab_size"], "device": self.device,
+                "bytes_per_token": round(per_token, 3)}
         self.state["plan"] = plan
         self.stage("plan")["done"] = True
         self.save()
@@ -269,8 +274,10 @@ class Speedrun:
         m = json.loads((folder / "all_results.json").read_text())
         shutil.rmtree(folder, ignore_errors=True)
         tokens = m["time_budget_steps"] * per_step
-        model = sizing.FIT.calibrated(m["eval_loss"], small.params,
-                                      sizing.effective_tokens(tokens, plan["train_tokens"]), floor=0.0)
+        if m.get("eval_bits_per_byte"):  # held-out bytes per token, measured: nats per token / nats per byte
+            plan["bytes_per_token"] = round(m["eval_loss"] / (math.log(2) * m["eval_bits_per_byte"]), 3)
+        seen = sizing.effective_tokens(tokens, plan["train_tokens"])
+        model = sizing.FIT.calibrated(m["eval_loss"], small.params, seen, plan["bytes_per_token"], floor=0.0)
         ratio = tokens / m["train_runtime"] / small.tokens_per_second
         overhead = max(time.time() - started - m["train_runtime"], 0.0)
         self.finish("calibrate", started, planned_s=round(seconds, 1), shape=small.shape.name, loss=m["eval_loss"],
@@ -282,7 +289,7 @@ class Speedrun:
         shares = self.shares(calibrated=True)
         speeds = {x.shape: x.tokens_per_second * ratio for x in cands}
         choice = sizing.choose(speeds, max(shares["pretrain"] - overhead, 1.0), model, plan["train_tokens"],
-                               self.sp.tokenizer_type, self.sp.max_epochs)
+                               self.sp.tokenizer_type, self.sp.max_epochs, bytes_per_token=plan["bytes_per_token"])
         plan.update({"choice": choice.to_dict(), "shares": {k: round(v, 1) for k, v in shares.items()},
                      "E": round(model.E, 4)})
         self.state["plan"] = plan
@@ -505,84 +512,3 @@ def run_speedrun(sp: SpeedrunArguments, data: DataArguments, run_command: Callab
     print(f"\nSpeedrun done in {fmt_duration(run.elapsed())} of {fmt_duration(total)}; report card: {card}")
     print(next_steps(final, chat is not None, gguf))
     return 0
-
-
-def plan_text(plan: dict, run: Speedrun) -> str:
-    c = plan["choice"]
-    shares = plan["shares"]
-    lines = [f"plan ({'calibrated' if 'E' in plan else 'before calibration'}):"]
-    lines += [f"  - {r}" for r in c["reasons"]]
-    lines.append("  budget: " + ", ".join(f"{k} {fmt_duration(v)}" for k, v in shares.items() if v)
-                 + f" (after {fmt_duration(run.elapsed())} of tokenizer, data and probe)")
-    return "\n".join(lines)
-
-
-def next_steps(final: Path, chat: bool, gguf: Path | None) -> str:
-    name = final.parent.name.replace("_", "-").lower() or "tinyllm"
-    lines = ["Next:"]
-    lines.append(f"  tinyllm chat {final}" if chat else f"  tinyllm generate {final} --prompt \"Once upon a time\"")
-    lines.append(f"  tinyllm serve {final}      # OpenAI-compatible API + web chat")
-    if gguf:
-        lines.append(f"  ollama create {name} -f {gguf.with_suffix('.Modelfile')} && ollama run {name}")
-    return "\n".join(lines)
-
-
-def write_card(run: Speedrun, final: Path, gguf: Path | None) -> Path:
-    """SPEEDRUN.md: per stage the predicted and achieved time (and loss), the choices and why, and the commands."""
-    s, plan = run.state["stages"], run.state["plan"]
-    c, shares = plan["choice"], plan["shares"]
-    pre = s.get("pretrain", {})
-
-    def row(name, predicted, achieved, p_loss="", a_loss=""):
-        return f"| {name} | {predicted} | {achieved} | {p_loss} | {a_loss} |"
-
-    def secs(name):
-        rec = s.get(name, {})
-        return f"{rec['seconds']:.0f} s" if "seconds" in rec else "—"
-
-    rows = [row("tokenizer", "—", secs("tokenizer")), row("prepare", "—", secs("prepare")),
-            row("probe", "—", secs("probe")),
-            row("calibrate", f"{s.get('calibrate', {}).get('planned_s', 0):.0f} s", secs("calibrate")),
-            row("pretrain", f"{shares['pretrain']:.0f} s", secs("pretrain"), f"{c['predicted_loss']:.3f}",
-                f"{pre['loss']:.3f}" if pre.get("loss") is not None else "—")]
-    if "sft" in s:
-        rows.append(row("sft", f"{shares['sft']:.0f} s", secs("sft"), "", s["sft"].get("skipped", "")))
-    rows.append(row("eval", f"{shares['eval']:.0f} s", secs("eval")))
-    if gguf:
-        rows.append(row("export", f"{shares['export']:.0f} s", secs("export")))
-    total = sum(v.get("seconds", 0) for v in s.values())
-    error = (c["predicted_loss"] / pre["loss"] - 1) if pre.get("loss") else None
-    lines = [f"# Speedrun report card: {run.data.dataset_name} in {fmt_duration(run.total)}", "",
-             f"Wall time {run.elapsed():.0f} s of a {run.total:.0f} s budget ({run.elapsed() / run.total:.1%}); "
-             f"{sum(1 for v in s.values() if v.get('resumed_from'))} resume(s). Device: {plan['device']}.", "",
-             "| stage | predicted time | achieved time | predicted loss | achieved loss |", "|---|---|---|---|---|",
-             *rows, "", f"Stages total {total:.0f} s (the rest is start-up and bookkeeping)."]
-    if error is not None:
-        lines.append(f"Validation loss (nats per token) predicted {c['predicted_loss']:.3f}, achieved "
-                     f"{pre['loss']:.3f}: the prediction was off by {error:+.1%}; bits per byte "
-                     f"{pre.get('bits_per_byte')}.")
-    lines += ["", "## Choices and why", "", f"- tokenizer: {s.get('tokenizer', {}).get('choice', '')}",
-              *[f"- {r}" for r in c["reasons"]],
-              f"- loss model: L = E + {sizing.FIT.A:g} / N^{sizing.FIT.alpha:g} + {sizing.FIT.B:g} / D'^"
-              f"{sizing.FIT.beta:g} (fitted here, docs/speedrun.md), E = {plan.get('E')} from the calibration run "
-              f"({s.get('calibrate', {}).get('tokens', 0):,} tokens, loss {s.get('calibrate', {}).get('loss', 0):.3f})",
-              "", "| shape | parameters (no emb.) | tokens/s | tokens | tokens per parameter | predicted loss |",
-              "|---|---|---|---|---|---|"]
-    for cand in c["candidates"]:
-        lines.append(f"| {cand['shape']} | {cand['params']:,} | {cand['tokens_per_second']:,.0f} | "
-                     f"{cand['tokens'] / 1e6:.2f}M | {cand['tokens_per_param']:.1f} | {cand['predicted_loss']:.3f} |")
-    if s.get("sft", {}).get("exact_match") is not None:
-        lines += ["", f"SFT on {run.sft_name}: held-out exact match {s['sft']['exact_match_before']:.3f} before -> "
-                      f"{s['sft']['exact_match']:.3f} after."]
-    ev = s.get("eval", {}).get("results", {})
-    if ev:
-        lines += ["", "## Evaluation of the final model", "", "| task:metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in ev.items()]
-    lines += ["", "## The commands each stage ran", ""]
-    for name, rec in s.items():
-        for cmd in rec.get("commands", []):
-            lines.append(f"- {name}: `{cmd}`")
-    lines += ["", "```", next_steps(final, "sft" in s and not s["sft"].get("skipped"), gguf), "```", ""]
-    path = run.out / CARD_FILE
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
