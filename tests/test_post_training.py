@@ -95,6 +95,27 @@ def test_bad_preference_records_name_the_record(row, needles):
         assert n.lower() in str(exc.value).lower(), (n, str(exc.value))
 
 
+def test_dpo_pairs_from_a_file_are_arrow_backed_cached_and_hold_out_grpos_rows(bpe_tokenizer, tmp_path):
+    """A JSONL of pairs goes through datasets (memory-mapped, tokenized once: the second build reuses the cache
+    files), holds out the rows GRPO's rule picks, and gives the tokens encode_pair gives."""
+    from tinyllm.config import DataArguments, PreferenceArguments
+    from tinyllm.data.preference_data import build_preference_datasets
+    from tinyllm.data.sft_data import held_out_indices
+
+    rows = [{"prompt": f"question {i}?", "chosen": f"answer {i}.", "rejected": "no."} for i in range(40)]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = DataArguments(dataset_name=str(pairs), validation_split_percentage=10.0, cache_dir=str(tmp_path / "c"))
+    first = build_preference_datasets(data, PreferenceArguments(), bpe_tokenizer, None, seed=3)
+    again = build_preference_datasets(data, PreferenceArguments(), bpe_tokenizer, None, seed=3)
+    assert first.train.cache_files and first.train.cache_files == again.train.cache_files
+    assert first.stats == {"train_pairs": 36, "eval_pairs": 4, "dropped_too_long": 0}
+    keep, held = held_out_indices(40, data, 3)
+    assert [q[0]["content"] for q in first.questions] == [rows[i]["prompt"] for i in held]
+    assert first.train.column_names == ["prompt_ids", "chosen_ids", "rejected_ids"]
+    assert first.train[0] == encode_pair(bpe_tokenizer, *record_to_pair(rows[keep[0]], "x"))
+
+
 def test_builtin_arithmetic_held_out_problems_are_never_trained():
     data = generate_arithmetic()
     key = lambda r: r["question"].replace("What is ", "").split("等于")[0].split("=")[0].strip(" ?")  # noqa: E731

@@ -14,6 +14,7 @@ control tokens. TRL's DPOTrainer then gets prompt_ids / chosen_ids / rejected_id
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 from tinyllm.config import DataArguments, PreferenceArguments
 from tinyllm.data.builtin import ANIMALS, fact_sentences, generate_qa
-from tinyllm.data.sft_data import held_out_split, load_qa_rows
+from tinyllm.data.sft_data import held_out_indices, rows_dataset, tokenizer_digest
 from tinyllm.errors import DataError
 from tinyllm.inference.chat import encode_chat, encode_for_training
 
@@ -170,48 +171,79 @@ class PreferenceData:
     stats: dict
 
 
-def _records(data: DataArguments, split: str, seed: int) -> list[tuple[str, dict]]:
+def _rows(data: DataArguments, split: str, seed: int):
+    """One split's records as an Arrow-backed dataset of (where, row as JSON): the built-in pairs generated, a
+    file or Hub dataset read record by record (sft_data.rows_dataset: memory-mapped, cached)."""
+    import datasets
+
     if data.dataset_name in BUILTIN_NAMES:
-        return [(f"builtin[{split}][{i}]", r) for i, r in enumerate(generate_preferences(split, seed))]
-    return load_qa_rows(data.dataset_name, split, data.dataset_config_name, data.cache_dir)
+        return datasets.Dataset.from_list([{"where": f"builtin[{split}][{i}]", "row": json.dumps(r, ensure_ascii=False)}
+                                           for i, r in enumerate(generate_preferences(split, seed))])
+    return rows_dataset(data, split)
 
 
-def _encode_all(records, tokenizer, max_length: int | None):
-    rows, dropped = [], 0
-    for where, row in records:
-        prompt, chosen, rejected = record_to_pair(row, where)
-        enc = encode_pair(tokenizer, prompt, chosen, rejected, bool(row.get("rejected_stops", True)))
-        if max_length and len(enc["prompt_ids"]) + max(len(enc["chosen_ids"]), len(enc["rejected_ids"])) > max_length:
-            dropped += 1
-            continue
-        rows.append({**enc, "messages": json.dumps(prompt + chosen, ensure_ascii=False)})
-    return rows, dropped
+def _pair_encoder(tokenizer, max_length: int | None, keep_messages: bool):
+    def encode(batch):
+        out = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "messages": [], "too_long": []}
+        for where, raw in zip(batch["where"], batch["row"]):
+            row = json.loads(raw)
+            prompt, chosen, rejected = record_to_pair(row, where)
+            enc = encode_pair(tokenizer, prompt, chosen, rejected, bool(row.get("rejected_stops", True)))
+            for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
+                out[key].append(enc[key])
+            out["messages"].append(json.dumps(prompt + chosen, ensure_ascii=False) if keep_messages else "")
+            out["too_long"].append(bool(max_length) and len(enc["prompt_ids"]) + max(
+                len(enc["chosen_ids"]), len(enc["rejected_ids"])) > max_length)
+        return out
+
+    return encode
+
+
+def _encode(rows, tokenizer, max_length: int | None, keep_messages: bool):
+    """Pairs -> token ids through datasets.map: Arrow-backed and cached under a fingerprint of the records, the
+    tokenizer and max_length (a second run loads the cache)."""
+    fingerprint = hashlib.sha256(json.dumps([rows._fingerprint, tokenizer_digest(tokenizer), max_length,
+                                             keep_messages, "dpo", 1]).encode()).hexdigest()[:16]
+    return rows.map(_pair_encoder(tokenizer, max_length, keep_messages), batched=True, batch_size=256,
+                    remove_columns=rows.column_names, new_fingerprint=fingerprint, desc="tokenizing preference pairs")
 
 
 def build_preference_datasets(data: DataArguments, pref: PreferenceArguments, tokenizer, max_length: int | None,
                               seed: int = 0) -> PreferenceData:
     """Training and held-out pairs (held out: the built-in held-out questions, the split named, else a seeded
-    share of the records). Pairs longer than max_length are counted and dropped with a warning."""
-    import datasets
-
-    train_records, val_records = held_out_split(data, lambda split: _records(data, split, seed),
-                                                data.dataset_name in BUILTIN_NAMES, seed)
-    if not train_records:
+    share of the records, the rule GRPO uses too), tokenized with datasets.map: memory stays flat on a big file
+    and a second run does not tokenize again. Pairs longer than max_length are counted and dropped with a
+    warning."""
+    train_rows = _rows(data, data.dataset_split, seed)
+    if len(train_rows) == 0:
         raise DataError(f"{data.dataset_name} has no records; accepted formats: {FORMATS}")
+    if data.dataset_name in BUILTIN_NAMES or data.validation_split_name:
+        val_rows = _rows(data, "test" if data.dataset_name in BUILTIN_NAMES else data.validation_split_name, seed)
+    else:
+        keep, held = held_out_indices(len(train_rows), data, seed)
+        train_rows, val_rows = train_rows.select(keep), train_rows.select(held)
     if pref.max_examples:
-        train_records = train_records[: pref.max_examples]
-    train, dropped_train = _encode_all(train_records, tokenizer, max_length)
-    val, dropped_val = _encode_all(val_records, tokenizer, max_length)
+        train_rows = train_rows.select(range(min(pref.max_examples, len(train_rows))))
+    train = _encode(train_rows, tokenizer, max_length, False)
+    val = _encode(val_rows, tokenizer, max_length, True) if len(val_rows) else None
+    dropped_train = sum(train["too_long"])
+    dropped_val = sum(val["too_long"]) if val is not None else 0
     if dropped_train:
         logger.warning("%d of %d training pairs are longer than max_length=%d tokens and were dropped",
-                       dropped_train, len(train_records), max_length)
-    if not train:
-        raise DataError(f"no usable training pairs in {data.dataset_name}: all {len(train_records)} are longer "
+                       dropped_train, len(train), max_length)
+    if dropped_train == len(train):
+        raise DataError(f"no usable training pairs in {data.dataset_name}: all {len(train)} are longer "
                         f"than max_length={max_length} tokens; raise --max_length")
+
+    def usable(ds):
+        return ds.filter(lambda long: [not x for x in long], input_columns="too_long", batched=True)
+
+    train = usable(train)
+    val = usable(val) if val is not None and dropped_val < len(val) else None
     # each held-out question once, however many rejected answers it has
-    questions = [json.loads(m) for m in dict.fromkeys(r["messages"] for r in val)]
+    questions = [json.loads(m) for m in dict.fromkeys(val["messages"])] if val is not None else []
     cols = ["prompt_ids", "chosen_ids", "rejected_ids"]
-    train_ds = datasets.Dataset.from_list([{k: r[k] for k in cols} for r in train])
-    val_ds = datasets.Dataset.from_list([{k: r[k] for k in cols} for r in val]) if val else None
-    stats = {"train_pairs": len(train), "eval_pairs": len(val), "dropped_too_long": dropped_train + dropped_val}
+    train_ds, val_ds = train.select_columns(cols), val.select_columns(cols) if val is not None else None
+    stats = {"train_pairs": len(train_ds), "eval_pairs": len(val_ds) if val_ds is not None else 0,
+             "dropped_too_long": dropped_train + dropped_val}
     return PreferenceData(train_ds, val_ds, questions, stats)
