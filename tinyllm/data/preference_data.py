@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from tinyllm.config import DataArguments, PreferenceArguments
 from tinyllm.data.builtin import ANIMALS, fact_sentences, generate_qa
-from tinyllm.data.sft_data import held_out_indices, rows_dataset, tokenizer_digest
+from tinyllm.data.sft_data import held_out_split, rows_dataset, tokenizer_digest
 from tinyllm.errors import DataError
 from tinyllm.inference.chat import encode_chat, encode_for_training
 
@@ -214,14 +214,10 @@ def build_preference_datasets(data: DataArguments, pref: PreferenceArguments, to
     share of the records, the rule GRPO uses too), tokenized with datasets.map: memory stays flat on a big file
     and a second run does not tokenize again. Pairs longer than max_length are counted and dropped with a
     warning."""
-    train_rows = _rows(data, data.dataset_split, seed)
+    train_rows, val_rows = held_out_split(data, lambda split: _rows(data, split, seed),
+                                          data.dataset_name in BUILTIN_NAMES, seed, take=lambda ds, i: ds.select(i))
     if len(train_rows) == 0:
         raise DataError(f"{data.dataset_name} has no records; accepted formats: {FORMATS}")
-    if data.dataset_name in BUILTIN_NAMES or data.validation_split_name:
-        val_rows = _rows(data, "test" if data.dataset_name in BUILTIN_NAMES else data.validation_split_name, seed)
-    else:
-        keep, held = held_out_indices(len(train_rows), data, seed)
-        train_rows, val_rows = train_rows.select(keep), train_rows.select(held)
     if pref.max_examples:
         train_rows = train_rows.select(range(min(pref.max_examples, len(train_rows))))
     train = _encode(train_rows, tokenizer, max_length, False)

@@ -99,17 +99,19 @@ def held_out_indices(n: int, data: DataArguments, seed: int) -> tuple[list[int],
     return list(range(n)), []
 
 
-def held_out_split(data: DataArguments, read, has_test_split: bool, seed: int) -> tuple[list, list]:
-    """(training, held-out) records for GRPO (DPO takes the same rows through `held_out_indices` on Arrow), where
-    `read(split)` lists a split's (where, row) records: a built-in set's own test split, the split named by
-    --validation_split_name, else a seeded share (--validation_split_percentage) of the training records."""
+def held_out_split(data: DataArguments, read, has_test_split: bool, seed: int, take=None) -> tuple:
+    """(training, held-out) records for DPO and GRPO, where `read(split)` gives a split's (where, row) records: a
+    built-in set's own test split, the split named by --validation_split_name, else a seeded share
+    (--validation_split_percentage) of the training records (`held_out_indices`). `take(records, indices)` picks
+    rows: a list's items by default, `Dataset.select` for Arrow-backed records (DPO)."""
     train = read(data.dataset_split)
     if has_test_split:
         return train, read("test")
     if data.validation_split_name:
         return train, read(data.validation_split_name)
     keep, held = held_out_indices(len(train), data, seed)
-    return [train[i] for i in keep], [train[i] for i in held]
+    take = take or (lambda rows, indices: [rows[i] for i in indices])
+    return take(train, keep), take(train, held)
 
 
 def tokenizer_digest(tokenizer) -> str:
