@@ -165,6 +165,13 @@ class Candidate:
     predicted_loss: float
     tokens_per_param: float = 0.0  # effective tokens per parameter without embeddings
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Candidate":
+        """The inverse of one of Choice.to_dict's candidates (a plan read back from speedrun.json)."""
+        layers, width = map(int, d["shape"].split("x"))
+        return cls(Shape(layers, d["n_head"], width), d["params"], d["tokens_per_second"], d["tokens"], d["epochs"],
+                   d["predicted_loss"], d["tokens_per_param"])
+
 
 @dataclass
 class Choice:
@@ -197,9 +204,9 @@ def choose(speeds: dict[Shape, float], seconds: float, loss_model: LossModel, un
     if not speeds:
         raise ValueError("no shape was measured")
     cands = []
+    cap = max_epochs * unique_tokens if unique_tokens else None
     for shape, tps in speeds.items():
         affordable = tps * seconds
-        cap = max_epochs * unique_tokens if unique_tokens else None
         tokens = min(affordable, cap) if cap else affordable
         n = shape.non_embedding_params()
         effective = effective_tokens(tokens, unique_tokens)
@@ -213,13 +220,13 @@ def choose(speeds: dict[Shape, float], seconds: float, loss_model: LossModel, un
     # a shape that would repeat the corpus more than max_epochs would end early (its tokens are capped): it is
     # chosen only when every shape would
     fits = [c for c in cands if not (c.epochs and c.epochs > max_epochs)]
-    best = min(fits, key=distance) if fits else min(cands, key=lambda c: c.epochs or 0)
+    ranked = sorted(fits or cands, key=distance)
+    best = ranked[0] if fits else min(cands, key=lambda c: c.epochs or 0)
     block = block_size_for(best.shape, tokenizer_type)
     per_step = tokens_per_step(best.tokens, block)
     steps = max(int(best.tokens // per_step), 1)
     capped = bool(best.epochs and best.epochs > max_epochs)
     lr = lr_for_width(best.shape.n_embd)
-    ranked = sorted(fits or cands, key=distance)
     reasons = [
         f"shape {best.shape.name} ({best.params / 1e6:.2f}M parameters without embeddings): of the {len(fits)} of "
         f"{len(cands)} shapes measured here that fit the corpus, the closest to {tokens_per_param:g} effective "

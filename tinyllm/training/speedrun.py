@@ -77,6 +77,7 @@ class Speedrun:
         self.state: dict = {}
         self.sft_name = _sft_dataset(sp.sft_dataset_name, data.dataset_name)
         self.device = detect_device()
+        self.eval_max_tokens = 65536 if self.device == "cpu" else 262144  # held-out tokens each evaluation reads
 
     # ------------------------------------------------------------ state
 
@@ -261,7 +262,7 @@ class Speedrun:
         if self.done("calibrate"):
             return self.state["plan"]
         started = time.time()
-        cands = self._candidates(plan)
+        cands = [sizing.Candidate.from_dict(d) for d in plan["choice"]["candidates"]]
         small = min(cands, key=lambda x: x.params)
         block = sizing.block_size_for(small.shape, self.sp.tokenizer_type)
         folder = self.out / ".calibration"
@@ -296,16 +297,6 @@ class Speedrun:
         self.save()
         return plan
 
-    @staticmethod
-    def _candidates(plan: dict) -> list[sizing.Candidate]:
-        out = []
-        for cand in plan["choice"]["candidates"]:
-            layers, width = map(int, cand["shape"].split("x"))
-            shape = sizing.Shape(layers, cand["n_head"], width)
-            out.append(sizing.Candidate(shape, cand["params"], cand["tokens_per_second"], cand["tokens"],
-                                        cand["epochs"], cand["predicted_loss"], cand["tokens_per_param"]))
-        return out
-
     def pretrain_flags(self, shape: sizing.Shape, block: int, lr: float, per_step: int, steps: int,
                        tokenizer_dir: Path, folder: Path, seconds: float) -> list:
         micro = min(micro_batch_for(self.device, block), max(per_step // block, 1))
@@ -315,7 +306,7 @@ class Speedrun:
                 "--gradient_accumulation_steps", max(per_step // (micro * block), 1),
                 "--learning_rate", f"{lr:.3g}", "--warmup_steps", max(min(steps // 20, 100), 5),
                 "--time_budget", f"{max(seconds, 1):.0f}s", "--eval_steps", 10 ** 6, "--logging_steps",
-                max(steps // 40, 5), "--eval_max_tokens", 65536 if self.device == "cpu" else 262144,
+                max(steps // 40, 5), "--eval_max_tokens", self.eval_max_tokens,
                 "--report_to", "none", "--precision", self.sp.precision, "--seed", self.sp.seed,
                 "--output_dir", folder]
 
@@ -379,7 +370,7 @@ class Speedrun:
             ["sft"] if self.sft_name == "builtin_qa" and final.name == "chat" else [])
         self.command("eval", "eval", [final, *self.data_flags(), "--tasks", ",".join(tasks), "--output", out,
                                       "--eval_max_tokens",
-                                      65536 if self.device == "cpu" else 262144, "--seed", self.sp.seed])
+                                      self.eval_max_tokens, "--seed", self.sp.seed])
         results = json.loads(out.read_text())["results"]
         self.finish("eval", started, results={f"{r['task']}:{r['metric']}": r["value"] for r in results})
         return self.stage("eval")
