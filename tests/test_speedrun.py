@@ -12,7 +12,7 @@ import pytest
 
 from helpers import REPO, assert_user_error, run_cli, run_inprocess
 from tinyllm.training import sizing
-from tinyllm.training.sizing import FIT, Shape, choose, effective_tokens
+from tinyllm.training.sizing import FIT, Shape, TimeCurve, choose, effective_tokens
 
 SMALL, BIG = Shape(2, 2, 64), Shape(6, 6, 192)
 
@@ -92,6 +92,47 @@ def test_the_loss_model_counts_text_not_tokens():
     assert chars.predict(1e5, 4e7, 1.0) == pytest.approx(bpe.predict(1e5, 1e7, 4.0) / 4)
 
 
+def test_the_time_curve_goes_through_both_calibration_runs_and_predicts_the_chosen_run():
+    curve = TimeCurve.through(6.0, 3.4, 12.0, 3.1)
+    assert curve.predict(6.0) == pytest.approx(3.4) and curve.predict(12.0) == pytest.approx(3.1)
+    assert curve.E < curve.predict(600) < curve.predict(100) < 3.1  # more time, lower loss, never below E
+    assert TimeCurve.through(12.0, 3.1, 6.0, 3.4) == curve  # the order of the runs does not matter
+    flat = TimeCurve.through(6.0, 3.0, 12.0, 3.2)  # the longer run no better: no slope to extrapolate
+    assert flat.K == 0 and flat.predict(1000) == pytest.approx(3.0)
+    # the chosen shape's predicted loss is the curve's at its training seconds; seconds on a corpus repeated many
+    # times count less, as their tokens do
+    speeds = {SMALL: 40_000.0, Shape(4, 4, 128): 15_000.0}
+    fresh = choose(speeds, 100, FIT, unique_tokens=None, curve=curve)
+    assert fresh.predicted_loss == pytest.approx(curve.predict(fresh.seconds))
+    repeated = choose(speeds, 100, FIT, unique_tokens=100_000, curve=curve)
+    assert repeated.epochs > 4 and repeated.predicted_loss > fresh.predicted_loss
+    assert repeated.predicted_loss == pytest.approx(curve.predict(sizing.effective_seconds(
+        repeated.seconds, repeated.tokens, 100_000)))
+
+
+def test_keep_best_puts_the_best_evaluated_weights_back():
+    import torch
+
+    from tinyllm.training.callbacks import KeepBestCallback
+
+    class State:
+        global_step = 0
+
+    model, keeper, state, seen = torch.nn.Linear(3, 3), KeepBestCallback(), State(), {}
+    for step, loss in ((10, 3.0), (20, 2.0), (30, 2.5)):  # the held-out loss turns up after step 20
+        with torch.no_grad():
+            model.weight.fill_(step)
+        state.global_step = step
+        keeper.on_evaluate(None, state, None, metrics={"eval_loss": loss}, model=model)
+        seen[step] = model.weight.clone()
+    assert keeper.best_step == 20 and torch.equal(keeper.weights["weight"], seen[20])
+    assert keeper.restore_if_better(model, 2.5, 30)
+    assert torch.equal(model.weight, seen[20])
+    assert not KeepBestCallback().restore_if_better(model, 2.5, 30)  # nothing evaluated: nothing to put back
+    keeper.on_evaluate(None, state, None, metrics={"eval_loss": 1.0}, model=model)  # the last is the best
+    assert keeper.best_step == 30 and not keeper.restore_if_better(model, 1.0, 30)
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     code, _, err = run_inprocess(capsys, "speedrun", "--time_budget", "10minutes", "--output_dir", out)
@@ -99,7 +140,7 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     code, _, err = run_inprocess(capsys, "speedrun", "--output_dir", out)
     assert_user_error(code, err, "--time_budget")
     code, _, err = run_inprocess(capsys, "speedrun", "--time_budget", "20s", "--output_dir", out)
-    assert_user_error(code, err, "too small", "at least 45s")
+    assert_user_error(code, err, "too small", "at least 60s")
     code, _, err = run_inprocess(capsys, "speedrun", "--time_budget", "5m", "--block_size", "64", "--output_dir", out)
     assert_user_error(code, err, "block_size")
     (tmp_path / "other").mkdir()

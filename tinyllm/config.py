@@ -298,6 +298,9 @@ class PretrainTrainingOptions(RunDefaults):
         default=None, metadata={"help": "'|'-separated prompts sampled at each evaluation (default: from the corpus)."}
     )
     sample_max_new_tokens: int = field(default=64, metadata={"help": "Tokens per sample at evaluation."})
+    keep_best: bool = field(default=False, metadata={
+        "help": "Keep the weights with the lowest validation loss of the evaluations (every --eval_steps) instead of "
+                "the last ones, when those are worse: a small corpus repeated for many epochs overfits."})
     matrix_optimizer: str = field(default="adamw", metadata={
         "help": "adamw, or muon: Muon for the hidden weight matrices (AdamW, --optim, keeps the embeddings, head "
                 "and norms)."})

@@ -32,6 +32,7 @@ class PretrainingArguments(PretrainTrainingOptions, TrainingArguments):
             raise ConfigError(f"matrix_optimizer must be one of {', '.join(MATRIX_OPTIMIZERS)}, got "
                               f"'{self.matrix_optimizer}'" + suggest(self.matrix_optimizer, MATRIX_OPTIMIZERS))
         check_time_budget(self)
+        check_keep_best(self)
         check_common(self)
         super().__post_init__()
 
@@ -54,6 +55,14 @@ def check_time_budget(args) -> None:
                           f"({', '.join(BUDGET_SCHEDULES)}), got '{args.lr_scheduler_type}'")
     if args.time_budget:
         args.max_steps = 10 ** 9  # an upper bound for Trainer; the budget callback ends the run
+
+
+def check_keep_best(args) -> None:
+    """--keep_best keeps a full copy of the weights in each process: DDP's replicas, not sharded ones."""
+    if getattr(args, "keep_best", False) and (args.fsdp or args.deepspeed):
+        raise ConfigError("--keep_best keeps a full copy of the weights, which FSDP and DeepSpeed shard: use "
+                          "--load_best_model_at_end true --metric_for_best_model eval_loss (checkpoints on disk) "
+                          "instead")
 
 
 def check_common(args) -> None:

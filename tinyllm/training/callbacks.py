@@ -17,7 +17,8 @@ from tinyllm.training.budget import budget_schedule
 from tinyllm.training.chunked_loss import chunked_causal_lm_loss, worth_chunking
 from tinyllm.training.recovery import NonFiniteLossError
 
-__all__ = ["TinyTrainer", "ProgressLogger", "SampleCallback", "DoctorCallback", "InterruptCallback"]
+__all__ = ["TinyTrainer", "ProgressLogger", "SampleCallback", "DoctorCallback", "InterruptCallback",
+           "KeepBestCallback"]
 
 logger = logging.getLogger(__name__)
 
@@ -262,3 +263,29 @@ class InterruptCallback(TrainerCallback):
         if self.interrupted:
             control.should_save = True
             control.should_training_stop = True
+
+
+class KeepBestCallback(TrainerCallback):
+    """--keep_best: a copy, on the CPU, of the weights at the lowest validation loss of the run's evaluations, to
+    put back after training when the last weights are worse (a small corpus repeated many times overfits: its
+    held-out loss turns up before the end). A full copy per process: DDP's replicas, not FSDP's or DeepSpeed's
+    shards (arguments.check_keep_best refuses those)."""
+
+    def __init__(self):
+        self.best_loss = math.inf
+        self.best_step: int | None = None
+        self.weights: dict | None = None
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        loss = (metrics or {}).get("eval_loss")
+        if loss is None or model is None or not loss < self.best_loss:
+            return
+        self.best_loss, self.best_step = loss, state.global_step
+        self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def restore_if_better(self, model, last_loss: float, last_step: int) -> bool:
+        """Put the best weights back when they are better than the last (`last_loss` at `last_step`)."""
+        if self.weights is None or self.best_step == last_step or not self.best_loss < last_loss:
+            return False
+        model.load_state_dict(self.weights)
+        return True

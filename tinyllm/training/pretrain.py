@@ -41,7 +41,8 @@ from tinyllm.model_io import load_model_folder, resolve_model_path
 from tinyllm.modeling import build_config, check_vocab, resolve_block_size
 from tinyllm.training.arguments import PretrainingArguments
 from tinyllm.training.budget import BudgetCallback, TimeBudget
-from tinyllm.training.callbacks import DoctorCallback, InterruptCallback, SampleCallback, TinyTrainer
+from tinyllm.training.callbacks import (DoctorCallback, InterruptCallback, KeepBestCallback, SampleCallback,
+                                       TinyTrainer)
 from tinyllm.training.estimate import estimate
 from tinyllm.training.recovery import (
     RunSetup,
@@ -195,6 +196,7 @@ def _train(model, tokenizer, model_args: ModelArguments, data: DataArguments, ar
     prompts = [p for p in (args.sample_prompts or "").split("|") if p] or default_prompts(data, lm.eval_texts_sample)
     sampler = SampleCallback(tokenizer, prompts, args.sample_max_new_tokens, args.seed)
     doctor, interrupt = DoctorCallback(args.learning_rate), InterruptCallback()
+    keeper = KeepBestCallback() if args.keep_best and lm.eval is not None else None
     if lm.eval is None:
         args.eval_strategy = "no"
     for key, value in compile_loader_settings(args, None if data.streaming else len(lm.train)).items():
@@ -204,7 +206,7 @@ def _train(model, tokenizer, model_args: ModelArguments, data: DataArguments, ar
         return TinyTrainer(
             model=m, args=args, train_dataset=lm.train, eval_dataset=lm.eval, data_collator=default_data_collator,
             processing_class=tokenizer,
-            callbacks=[sampler, doctor, interrupt] + (
+            callbacks=[sampler, doctor, interrupt] + ([keeper] if keeper else []) + (
                 [BudgetCallback(budget, eval_sequences=len(lm.eval) if lm.eval is not None else 0)] if budget else []),
             tokens_per_step=plan["tokens_per_step"], eval_tokens_per_byte=lm.eval_tokens_per_byte,
             eval_tokens_per_char=lm.eval_tokens_per_char, entropy_floor=floor,
@@ -218,6 +220,13 @@ def _train(model, tokenizer, model_args: ModelArguments, data: DataArguments, ar
     metrics = dict(result.metrics)
     if lm.eval is not None:
         metrics.update(final_evaluation(trainer))
+    if keeper and keeper.restore_if_better(trainer.model, metrics["eval_loss"], trainer.state.global_step):
+        last = metrics["eval_loss"]
+        metrics.update(trainer.evaluate())  # the weights put back, measured again
+        metrics.update({"keep_best_step": keeper.best_step, "last_step_eval_loss": round(last, 4)})
+        logger.info("--keep_best: the weights of step %d (validation loss %.4f) replace the last ones (%.4f at step "
+                    "%d: the held-out loss rose on the way)", keeper.best_step, metrics["eval_loss"],
+                    last, trainer.state.global_step)
     metrics["train_tokens"] = lm.train_tokens
     if floor is not None:
         metrics["entropy_floor_bits_per_char"] = round(floor, 4)

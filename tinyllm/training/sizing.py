@@ -6,12 +6,13 @@ The rule, and where each part comes from (docs/speedrun.md has the data):
   embeddings), on a log scale. Chinchilla's rule of thumb is ~20 at 10M-10B parameters; the runs measured here
   (0.1M-5M parameters, 30-120 s on a 2-core CPU, three corpora) were won at 6-10 (benchmarks/speedrun_fit.py,
   benchmarks/speedrun_grid.py). Choosing by the loss model below picked the smallest shape every time, 4% worse.
-- Loss model L(N, D) = E + A / N^alpha + B / D'^beta (Hoffmann et al. 2022, "Chinchilla"), N the parameters
-  without embeddings, D' the effective tokens counted in bytes of text and L in nats per byte (so one fit serves
-  BPE and character tokens): the predicted loss the report card compares with the achieved one.
-  A, alpha, B, beta were fitted to pretraining runs measured on this 2-core CPU (benchmarks/speedrun_fit.py, FIT
-  below); E depends on the corpus and tokenizer and is calibrated on the user's own corpus by a short run of the
-  smallest shape (tinyllm.training.speedrun). At these sizes the form fits the runs to ~10% only (docs/speedrun.md).
+- Predicted loss: L(t) = E + K / t^g in the seconds t of training (TimeCurve: loss against compute along the
+  shapes this rule picks), E and K measured on the user's corpus by two short runs of the smallest shape, g fitted
+  here (TIME_EXPONENT). Before those runs (a --dry_run), the loss model L(N, D) = E + A / N^alpha + B / D'^beta
+  (Hoffmann et al. 2022, "Chinchilla") with N the parameters without embeddings, D' the effective tokens in bytes of
+  text and L in nats per byte; A, alpha, B, beta fitted on this 2-core CPU (benchmarks/speedrun_fit.py, FIT below).
+  With one calibration run setting its E, it missed the achieved loss by 5-33% (docs/speedrun.md): one point cannot
+  tell a corpus's floor from its slope; two can.
 - Repeating data: D' = U + U * R* * (1 - exp(-R / R*)), U unique tokens, R = epochs - 1 repeats, R* = 15.4
   (Muennighoff et al. 2023, "Scaling Data-Constrained Language Models": up to ~4 epochs are worth nearly as much
   as fresh data, and the value of further repeats decays with R*). Epochs are capped at `max_epochs` (default 16,
@@ -32,8 +33,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["Shape", "shape_ladder", "LossModel", "FIT", "lr_for_width", "vocab_for_corpus", "tokens_per_step",
-           "effective_tokens", "Candidate", "Choice", "choose", "MUENNIGHOFF_R_STAR", "block_size_for",
+__all__ = ["Shape", "shape_ladder", "LossModel", "FIT", "TimeCurve", "TIME_EXPONENT", "lr_for_width", "vocab_for_corpus", "tokens_per_step",
+           "effective_tokens", "effective_seconds", "Candidate", "Choice", "choose", "MUENNIGHOFF_R_STAR", "block_size_for",
            "TOKENS_PER_PARAM"]
 
 MUENNIGHOFF_R_STAR = 15.4  # their fitted "repeats after which data is worth 1/e as much" for data
@@ -106,6 +107,45 @@ class LossModel:
         part there (at least `floor`: a loss is never negative, and a short run's point can put E below zero)."""
         e = loss / bytes_per_token - self.reducible(n_params, tokens, bytes_per_token)
         return LossModel(self.A, self.alpha, self.B, self.beta, e if floor is None else max(e, floor))
+
+
+# The exponent of the held-out loss against training seconds (TimeCurve), the one that best predicted, from two
+# calibration-length runs of the smallest shape, the loss of the longer speedruns on three corpora (to within ~8%;
+# 0.7 and 0.8 did as well, 1.0 twice as badly): `python benchmarks/speedrun_time_curve.py`, docs/speedrun.md.
+TIME_EXPONENT = 0.75
+
+
+@dataclass(frozen=True)
+class TimeCurve:
+    """L(t) = E + K / t^g: the held-out loss (nats per token) after t seconds of training on this device and corpus,
+    each second spent on the shape the rule picks for that time (Kaplan et al.'s loss against compute, with compute
+    in seconds here). E and K are this corpus's, from two calibration runs of different lengths; g is fitted
+    (TIME_EXPONENT). Seconds on repeated data count less, as D' counts their tokens (`effective_seconds`)."""
+
+    E: float
+    K: float
+    g: float = TIME_EXPONENT
+
+    @classmethod
+    def through(cls, t1: float, loss1: float, t2: float, loss2: float, g: float = TIME_EXPONENT) -> "TimeCurve":
+        """The curve through two measured runs (t1 < t2 seconds). A longer run no better than the shorter (noise, or
+        a corpus already at its floor) gives a flat curve at the better loss."""
+        if t2 < t1:
+            t1, loss1, t2, loss2 = t2, loss2, t1, loss1
+        if t2 <= t1 or loss2 >= loss1:
+            return cls(min(loss1, loss2), 0.0, g)
+        k = (loss1 - loss2) / (t1 ** -g - t2 ** -g)
+        return cls(loss2 - k * t2 ** -g, k, g)
+
+    def predict(self, seconds: float) -> float:
+        return max(self.E + self.K * max(seconds, 1e-3) ** -self.g, 0.0)
+
+
+def effective_seconds(seconds: float, tokens: float, unique: float | None) -> float:
+    """Training seconds weighted as D' weighs tokens: seconds on a corpus seen for the 10th time count less."""
+    if not tokens:
+        return seconds
+    return seconds * effective_tokens(tokens, unique) / tokens
 
 
 # Fitted by benchmarks/speedrun_fit.py on this 2-core CPU in nats per byte against bytes: 12 runs of 0.1M-4.8M
@@ -197,10 +237,11 @@ class Choice:
 
 def choose(speeds: dict[Shape, float], seconds: float, loss_model: LossModel, unique_tokens: float | None,
            tokenizer_type: str = "bpe", max_epochs: float = 16.0, tokens_per_param: float = TOKENS_PER_PARAM,
-           bytes_per_token: float = 1.0) -> Choice:
+           bytes_per_token: float = 1.0, curve: TimeCurve | None = None) -> Choice:
     """The shape (of those measured: tokens per second) whose `seconds` of pretraining buy closest to
-    `tokens_per_param` effective tokens per parameter, with its batch, learning rate, steps, predicted loss (for
-    tokens of `bytes_per_token` bytes) and the reasons in words."""
+    `tokens_per_param` effective tokens per parameter, with its batch, learning rate, steps, predicted loss and the
+    reasons in words. The predicted loss is the calibrated `curve`'s at the shape's (effective) training seconds
+    when there is one, else `loss_model`'s (tokens of `bytes_per_token` bytes)."""
     if not speeds:
         raise ValueError("no shape was measured")
     cands = []
@@ -211,8 +252,9 @@ def choose(speeds: dict[Shape, float], seconds: float, loss_model: LossModel, un
         n = shape.non_embedding_params()
         effective = effective_tokens(tokens, unique_tokens)
         epochs = affordable / unique_tokens if unique_tokens else None
-        cands.append(Candidate(shape, n, tps, tokens, epochs, loss_model.predict(n, effective, bytes_per_token),
-                               effective / n))
+        predicted = (curve.predict(effective_seconds(tokens / tps, tokens, unique_tokens)) if curve else
+                     loss_model.predict(n, effective, bytes_per_token))
+        cands.append(Candidate(shape, n, tps, tokens, epochs, predicted, effective / n))
 
     def distance(c: Candidate) -> float:
         return abs(math.log(max(c.tokens_per_param, 1e-9) / tokens_per_param))

@@ -9,7 +9,7 @@ Stages, in order, each the same tinyllm command a user would run by hand (the re
   probe      tokens per second of each candidate shape on this device (training/probe.py)
   plan       the shape whose budget buys ~8 tokens per parameter, its batch, learning rate and tokens
              (training/sizing.py)
-  calibrate  a short pretraining run of the smallest shape: the loss model's constant for this corpus (the
+  calibrate  two short pretraining runs of the smallest shape: this corpus's loss curve in seconds (the
              predicted loss), and the trainer's real speed
   pretrain   `tinyllm pretrain --time_budget <its share>`
   sft        `tinyllm sft --time_budget <its share>` when question-answer data is given (builtin_qa for builtin)
@@ -52,8 +52,15 @@ __all__ = ["run_speedrun", "MIN_BUDGET_S", "Interrupted"]
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "speedrun.json"
-MIN_BUDGET_S = 45  # below this not even the smallest shape gets a few hundred steps after the fixed stages
+MIN_BUDGET_S = 60  # below this not even the smallest shape gets a few hundred steps after the fixed stages
 MIN_PRETRAIN_STEPS = 150
+# the calibration stage's two runs, as parts of its time: two points of the loss curve, far enough apart in
+# seconds to give its slope, the shorter still past the warmup
+CALIBRATION_PARTS = (0.3, 0.7)
+# past this many epochs the pretraining run is evaluated on the way and keeps its best weights: the 800 KB
+# TinyStories slice given 5 minutes (4x128, 13.5 epochs) ended worse than given 2 minutes (docs/speedrun.md)
+KEEP_BEST_EPOCHS = 4.0
+KEEP_BEST_EVALUATIONS = 6
 _OPTION_KEYS = ("time_budget", "sft_dataset_name", "tokenizer_type", "vocab_size", "max_epochs", "seed",
                 "export_gguf")
 
@@ -210,7 +217,10 @@ class Speedrun:
         # set, 50 questions with SFT), export ~0.1 s
         evaluation = max(2.0, 0.01 * self.total) + (max(1.0, 0.005 * self.total) if self.sft_name else 0.0)
         export = max(1.0, 0.005 * self.total) if self.sp.export_gguf else 0.0
-        calibrate = 0.0 if calibrated else min(max(0.08 * left, 10.0), 90.0)
+        # two runs of the smallest shape: at least 25 s, so that the shorter trains ~5 s (~200 steps, past the
+        # steepest start of the curve: a 2.5 s point predicted a 2-minute run 7% off); on the flat part of the curve
+        # the seconds it takes from pretraining cost ~0.5% of the loss
+        calibrate = 0.0 if calibrated else min(max(0.12 * left, 25.0), 120.0)
         pretrain = left - sft - evaluation - export - calibrate - 0.005 * self.total
         return {"calibrate": calibrate, "pretrain": pretrain, "sft": sft, "eval": evaluation, "export": export}
 
@@ -256,9 +266,10 @@ class Speedrun:
                             f"--max_epochs {math.ceil(c['epochs'])}")
 
     def calibrate(self, plan: dict, tokenizer_dir: Path) -> dict:
-        """The smallest shape (the most steps per second) trained briefly with a full schedule on this corpus: the
-        loss model's E here, and the trainer's real speed (the probe's bare loop runs faster than Trainer's step).
-        Then the plan again, with both."""
+        """The smallest shape (the most steps per second) trained twice with a full schedule on this corpus, for
+        about a third and two thirds of the stage's time: the two held-out losses give this corpus's loss curve in
+        training seconds (sizing.TimeCurve, the predicted loss), the longer run the trainer's real speed (the probe's
+        bare loop runs faster than Trainer's step) and the held-out bytes per token. Then the plan again."""
         if self.done("calibrate"):
             return self.state["plan"]
         started = time.time()
@@ -266,46 +277,63 @@ class Speedrun:
         small = min(cands, key=lambda x: x.params)
         block = sizing.block_size_for(small.shape, self.sp.tokenizer_type)
         folder = self.out / ".calibration"
-        seconds = plan["shares"]["calibrate"]
         per_step = sizing.tokens_per_step(0, block)  # the fewest tokens per step: the most steps in the time
-        flags = self.pretrain_flags(small.shape, block, sizing.lr_for_width(small.shape.n_embd), per_step, 200,
-                                    tokenizer_dir, folder, seconds)
-        self.command("calibrate", "pretrain", [*flags, "--save_steps", 10 ** 6, "--sample_max_new_tokens", 8,
-                                               "--overwrite_output_dir", "true"])
-        m = json.loads((folder / "all_results.json").read_text())
-        shutil.rmtree(folder, ignore_errors=True)
-        tokens = m["time_budget_steps"] * per_step
-        if m.get("eval_bits_per_byte"):  # held-out bytes per token, measured: nats per token / nats per byte
-            plan["bytes_per_token"] = round(m["eval_loss"] / (math.log(2) * m["eval_bits_per_byte"]), 3)
-        seen = sizing.effective_tokens(tokens, plan["train_tokens"])
-        model = sizing.FIT.calibrated(m["eval_loss"], small.params, seen, plan["bytes_per_token"], floor=0.0)
-        ratio = tokens / m["train_runtime"] / small.tokens_per_second
-        overhead = max(time.time() - started - m["train_runtime"], 0.0)
-        self.finish("calibrate", started, planned_s=round(seconds, 1), shape=small.shape.name, loss=m["eval_loss"],
-                    tokens=tokens,
-                    E=round(model.E, 4), trainer_tokens_per_s=round(tokens / m["train_runtime"]),
-                    probe_ratio=round(ratio, 3), overhead_s=round(overhead, 1))
-        # the plan again: every shape at the trainer's speed (the ratio measured here), this corpus's E, and the
-        # pretraining stage's own start-up and final evaluation (the calibration run's overhead) taken out
+        runs = []
+        for part in CALIBRATION_PARTS:
+            run_started = time.time()
+            flags = self.pretrain_flags(small.shape, block, sizing.lr_for_width(small.shape.n_embd), per_step, 200,
+                                        tokenizer_dir, folder, part * plan["shares"]["calibrate"])
+            self.command("calibrate", "pretrain", [*flags, "--save_steps", 10 ** 6, "--sample_max_new_tokens", 8,
+                                                   "--overwrite_output_dir", "true"])
+            m = json.loads((folder / "all_results.json").read_text())
+            shutil.rmtree(folder, ignore_errors=True)
+            tokens = m["time_budget_steps"] * per_step
+            runs.append({"seconds": round(m["train_runtime"], 2), "loss": m["eval_loss"], "tokens": tokens,
+                         "bits_per_byte": m.get("eval_bits_per_byte"),
+                         "overhead_s": round(max(time.time() - run_started - m["train_runtime"], 0.0), 1),
+                         "effective_s": round(sizing.effective_seconds(m["train_runtime"], tokens,
+                                                                        plan["train_tokens"]), 2)})
+        short, long = runs
+        if long.get("bits_per_byte"):  # held-out bytes per token, measured: nats per token / nats per byte
+            plan["bytes_per_token"] = round(long["loss"] / (math.log(2) * long["bits_per_byte"]), 3)
+        seen = sizing.effective_tokens(long["tokens"], plan["train_tokens"])
+        model = sizing.FIT.calibrated(long["loss"], small.params, seen, plan["bytes_per_token"], floor=0.0)
+        curve = sizing.TimeCurve.through(short["effective_s"], short["loss"], long["effective_s"], long["loss"])
+        ratio = long["tokens"] / long["seconds"] / small.tokens_per_second
+        self.finish("calibrate", started, planned_s=round(plan["shares"]["calibrate"], 1), shape=small.shape.name,
+                    runs=runs, loss=long["loss"], tokens=long["tokens"], E=round(model.E, 4),
+                    curve={"E": round(curve.E, 4), "K": round(curve.K, 4), "g": curve.g},
+                    trainer_tokens_per_s=round(long["tokens"] / long["seconds"]), probe_ratio=round(ratio, 3),
+                    overhead_s=long["overhead_s"])
+        # the plan again: every shape at the trainer's speed (the ratio measured here), this corpus's loss curve,
+        # and the pretraining stage's own start-up and final evaluation (the calibration run's overhead) taken out
         shares = self.shares(calibrated=True)
         speeds = {x.shape: x.tokens_per_second * ratio for x in cands}
-        choice = sizing.choose(speeds, max(shares["pretrain"] - overhead, 1.0), model, plan["train_tokens"],
-                               self.sp.tokenizer_type, self.sp.max_epochs, bytes_per_token=plan["bytes_per_token"])
+        choice = sizing.choose(speeds, max(shares["pretrain"] - long["overhead_s"], 1.0), model,
+                               plan["train_tokens"], self.sp.tokenizer_type, self.sp.max_epochs,
+                               bytes_per_token=plan["bytes_per_token"], curve=curve)
         plan.update({"choice": choice.to_dict(), "shares": {k: round(v, 1) for k, v in shares.items()},
-                     "E": round(model.E, 4)})
+                     "E": round(model.E, 4), "curve": {"E": round(curve.E, 4), "K": round(curve.K, 4),
+                                                      "g": curve.g}})
         self.state["plan"] = plan
         self.save()
         return plan
 
     def pretrain_flags(self, shape: sizing.Shape, block: int, lr: float, per_step: int, steps: int,
-                       tokenizer_dir: Path, folder: Path, seconds: float) -> list:
+                       tokenizer_dir: Path, folder: Path, seconds: float, epochs: float | None = None) -> list:
+        """`tinyllm pretrain`'s flags for this shape. A run that repeats the corpus more than KEEP_BEST_EPOCHS times
+        is evaluated KEEP_BEST_EVALUATIONS times on the way and keeps its best weights (--keep_best): it may
+        overfit before the end."""
+        keep = bool(epochs and epochs > KEEP_BEST_EPOCHS)
+        evals = ["--eval_steps", max(steps // KEEP_BEST_EVALUATIONS, 10), "--keep_best", "true"] if keep else \
+            ["--eval_steps", 10 ** 6]
         micro = min(micro_batch_for(self.device, block), max(per_step // block, 1))
         return [*self.data_flags(), "--tokenizer_name_or_path", tokenizer_dir, "--model_type", "llama",
                 "--preset", "nano", "--n_layer", shape.n_layer, "--n_head", shape.n_head, "--n_embd", shape.n_embd,
                 "--block_size", block, "--per_device_train_batch_size", micro,
                 "--gradient_accumulation_steps", max(per_step // (micro * block), 1),
                 "--learning_rate", f"{lr:.3g}", "--warmup_steps", max(min(steps // 20, 100), 5),
-                "--time_budget", f"{max(seconds, 1):.0f}s", "--eval_steps", 10 ** 6, "--logging_steps",
+                "--time_budget", f"{max(seconds, 1):.0f}s", *evals, "--logging_steps",
                 max(steps // 40, 5), "--eval_max_tokens", self.eval_max_tokens,
                 "--report_to", "none", "--precision", self.sp.precision, "--seed", self.sp.seed,
                 "--output_dir", folder]
@@ -321,7 +349,7 @@ class Speedrun:
         seconds = planned - rec.get("attempt_s", 0.0)
         shape = sizing.Shape(c["shape"]["n_layer"], c["shape"]["n_head"], c["shape"]["n_embd"])
         flags = self.pretrain_flags(shape, c["block_size"], c["learning_rate"], c["tokens_per_step"], c["steps"],
-                                    tokenizer_dir, folder, seconds)
+                                    tokenizer_dir, folder, seconds, c["epochs"])
         last = find_last_checkpoint(str(folder))
         if last is None:
             flags += ["--overwrite_output_dir", "true"]  # a run killed before its first checkpoint starts over

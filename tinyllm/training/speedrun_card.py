@@ -24,6 +24,22 @@ def plan_text(plan: dict, run) -> str:
     return "\n".join(lines)
 
 
+def _loss_line(plan: dict, cal: dict) -> str:
+    """How the predicted loss was made: the calibration runs' curve in seconds, or (a plan from before this rule)
+    the loss model with one calibrated constant."""
+    curve = plan.get("curve")
+    if curve:
+        runs = "; ".join(f"{r['seconds']:.1f} s of training, {r['tokens']:,} tokens: loss {r['loss']:.3f}"
+                         for r in cal.get("runs", []))
+        return (f"- predicted loss: L(t) = {curve['E']:.3f} + {curve['K']:.3f} / t^{curve['g']:g} after t seconds of "
+                f"training (E and K through the two calibration runs of {cal.get('shape', '?')}: {runs}; the exponent "
+                f"fitted here, docs/speedrun.md), the pretraining's seconds counted as D' counts repeated tokens")
+    return (f"- loss model: L = E + {sizing.FIT.A:g} / N^{sizing.FIT.alpha:g} + {sizing.FIT.B:g} / D'^"
+            f"{sizing.FIT.beta:g} in nats per byte, D' in bytes (fitted here, docs/speedrun.md), "
+            f"{plan.get('bytes_per_token')} bytes per token, E = {plan.get('E')} from the calibration run "
+            f"({cal.get('tokens', 0):,} tokens, loss {cal.get('loss', 0):.3f})")
+
+
 def next_steps(final: Path, chat: bool, gguf: Path | None) -> str:
     name = final.parent.name.replace("_", "-").lower() or "tinyllm"
     lines = ["Next:"]
@@ -70,10 +86,7 @@ def write_card(run, final: Path, gguf: Path | None) -> Path:
                      f"{pre.get('bits_per_byte')}.")
     lines += ["", "## Choices and why", "", f"- tokenizer: {s.get('tokenizer', {}).get('choice', '')}",
               *[f"- {r}" for r in c["reasons"]],
-              f"- loss model: L = E + {sizing.FIT.A:g} / N^{sizing.FIT.alpha:g} + {sizing.FIT.B:g} / D'^"
-              f"{sizing.FIT.beta:g} in nats per byte, D' in bytes (fitted here, docs/speedrun.md), "
-              f"{plan.get('bytes_per_token')} bytes per token, E = {plan.get('E')} from the calibration run "
-              f"({s.get('calibrate', {}).get('tokens', 0):,} tokens, loss {s.get('calibrate', {}).get('loss', 0):.3f})",
+              _loss_line(plan, s.get("calibrate", {})),
               "", "| shape | parameters (no emb.) | tokens/s | tokens | tokens per parameter | predicted loss |",
               "|---|---|---|---|---|---|"]
     for cand in c["candidates"]:

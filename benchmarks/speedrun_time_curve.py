@@ -1,0 +1,54 @@
+"""The exponent g of the speedrun's loss curve L(t) = E + K / t^g (tinyllm.training.sizing.TimeCurve), checked on
+finished speedruns: each run's own two calibration runs give E and K for every g tried, and the curve at the
+pretraining's (effective) seconds is compared with the loss it achieved.
+
+    python benchmarks/speedrun_time_curve.py /tmp/speedrun_grid/speedrun_*      # folders of `tinyllm speedrun`
+
+Prints one row per speedrun and one column per g (prediction error in %), then the largest error per g.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tinyllm.training.sizing import TIME_EXPONENT, TimeCurve, effective_seconds  # noqa: E402
+
+EXPONENTS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 1.0]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("folders", nargs="+", type=Path)
+    a = ap.parse_args()
+    rows = []
+    for folder in a.folders:
+        state = json.loads((folder / "speedrun.json").read_text())
+        cal, pre, plan = state["stages"].get("calibrate", {}), state["stages"].get("pretrain", {}), state["plan"]
+        if len(cal.get("runs", [])) != 2 or not pre.get("loss"):
+            print(f"{folder}: no two calibration runs or no finished pretraining: skipped", file=sys.stderr)
+            continue
+        short, long = cal["runs"]
+        m = json.loads((folder / "pretrain" / "all_results.json").read_text())
+        c = plan["choice"]
+        t = effective_seconds(m["train_runtime"], pre["tokens"], plan["train_tokens"])
+        errors = {}
+        for g in EXPONENTS:
+            curve = TimeCurve.through(short["effective_s"], short["loss"], long["effective_s"], long["loss"], g)
+            errors[g] = curve.predict(t) / pre["loss"] - 1
+        rows.append((folder.name, c["shape"]["name"], short, long, m["train_runtime"], pre["loss"], errors))
+    print(f"| speedrun | shape | calibration (s: loss) | pretraining s | achieved | "
+          + " | ".join(f"g={g:g}" + (" (used)" if g == TIME_EXPONENT else "") for g in EXPONENTS) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(EXPONENTS))
+    for name, shape, short, long, secs, loss, errors in rows:
+        print(f"| {name} | {shape} | {short['seconds']:.1f}: {short['loss']:.3f}, {long['seconds']:.1f}: "
+              f"{long['loss']:.3f} | {secs:.0f} | {loss:.3f} | "
+              + " | ".join(f"{100 * errors[g]:+.1f}%" for g in EXPONENTS) + " |")
+    if rows:
+        print("| largest error | | | | | " + " | ".join(
+            f"{100 * max(abs(r[-1][g]) for r in rows):.1f}%" for g in EXPONENTS) + " |")
+
+
+if __name__ == "__main__":
+    main()
