@@ -1,6 +1,7 @@
 """The exponent g of the speedrun's loss curve L(t) = E + K / t^g (tinyllm.training.sizing.TimeCurve), checked on
 finished speedruns: each run's own two calibration runs give E and K for every g tried, and the curve at the
-pretraining's (effective) seconds is compared with the loss it achieved.
+pretraining's (effective) seconds is compared with the loss it achieved. The last column is the rule before it:
+the loss model in parameters and bytes (sizing.FIT) with its E set by the longer calibration run alone.
 
     python benchmarks/speedrun_time_curve.py /tmp/speedrun_grid/speedrun_*      # folders of `tinyllm speedrun`
 
@@ -13,7 +14,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tinyllm.training.sizing import TIME_EXPONENT, TimeCurve, effective_seconds  # noqa: E402
+from tinyllm.training.sizing import (FIT, TIME_EXPONENT, Shape, TimeCurve, effective_seconds,  # noqa: E402
+                                     effective_tokens)
 
 EXPONENTS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 1.0]
 
@@ -37,17 +39,23 @@ def main():
         for g in EXPONENTS:
             curve = TimeCurve.through(short["effective_s"], short["loss"], long["effective_s"], long["loss"], g)
             errors[g] = curve.predict(t) / pre["loss"] - 1
+        small = min(c["candidates"], key=lambda x: x["params"])["params"]
+        unique, bpt = plan["train_tokens"], plan["bytes_per_token"]
+        one = FIT.calibrated(long["loss"], small, effective_tokens(long["tokens"], unique), bpt, floor=0.0)
+        final = Shape(c["shape"]["n_layer"], c["shape"]["n_head"], c["shape"]["n_embd"]).non_embedding_params()
+        errors["one point"] = one.predict(final, effective_tokens(pre["tokens"], unique), bpt) / pre["loss"] - 1
         rows.append((folder.name, c["shape"]["name"], short, long, m["train_runtime"], pre["loss"], errors))
     print(f"| speedrun | shape | calibration (s: loss) | pretraining s | achieved | "
-          + " | ".join(f"g={g:g}" + (" (used)" if g == TIME_EXPONENT else "") for g in EXPONENTS) + " |")
-    print("|---|---|---|---|---|" + "---|" * len(EXPONENTS))
+          + " | ".join(f"g={g:g}" + (" (used)" if g == TIME_EXPONENT else "") for g in EXPONENTS)
+          + " | one point, loss model |")
+    print("|---|---|---|---|---|" + "---|" * (len(EXPONENTS) + 1))
     for name, shape, short, long, secs, loss, errors in rows:
         print(f"| {name} | {shape} | {short['seconds']:.1f}: {short['loss']:.3f}, {long['seconds']:.1f}: "
               f"{long['loss']:.3f} | {secs:.0f} | {loss:.3f} | "
-              + " | ".join(f"{100 * errors[g]:+.1f}%" for g in EXPONENTS) + " |")
+              + " | ".join(f"{100 * errors[g]:+.1f}%" for g in [*EXPONENTS, "one point"]) + " |")
     if rows:
         print("| largest error | | | | | " + " | ".join(
-            f"{100 * max(abs(r[-1][g]) for r in rows):.1f}%" for g in EXPONENTS) + " |")
+            f"{100 * max(abs(r[-1][g]) for r in rows):.1f}%" for g in [*EXPONENTS, "one point"]) + " |")
 
 
 if __name__ == "__main__":

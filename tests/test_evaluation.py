@@ -36,6 +36,25 @@ def test_eval_scores_the_runs_own_heldout_documents(run_dir, capsys):
     assert "bits per byte" in out
 
 
+def test_a_named_corpus_is_read_in_the_models_own_blocks():
+    """`tinyllm eval --dataset_name X` (the speedrun's eval stage) keeps the run's block size, else the model's
+    context: the default 256 tokens would score a 128-token model on positions it never trained on (TinyStories:
+    1.43 bits per byte against the run's own 1.39)."""
+    from tinyllm.config import DataArguments, EvalArguments
+    from tinyllm.errors import ConfigError
+    from tinyllm.evaluation.eval_stage import _eval_data_args
+
+    args = EvalArguments(model="m")
+    named = DataArguments(dataset_name="tinystories", block_size=None, validation_split_percentage=None,
+                          document_separator=None)
+    run = {"data": {"dataset_name": "tinystories", "block_size": 128, "document_separator": "eot"}}
+    assert _eval_data_args(args, named, run, context=128).block_size == 128
+    assert _eval_data_args(args, named, {}, context=128).block_size == 128  # no run record: the model's context
+    assert _eval_data_args(args, named, {}, context=8192).block_size == 1024  # a long-context model: at most 1024
+    with pytest.raises(ConfigError, match="exceeds the model's context"):
+        _eval_data_args(args, DataArguments(dataset_name="tinystories", block_size=512), {}, context=128)
+
+
 def test_builtin_cloze_is_well_formed_and_scored_by_likelihood():
     from tinyllm.data.builtin import ANIMALS
     from tinyllm.evaluation.tasks import builtin_cloze_items

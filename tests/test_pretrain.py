@@ -175,6 +175,34 @@ def test_second_run_reuses_the_token_shards(tmp_path, tokenizer_dir, capsys, cap
     assert len({p.parent for p in shard_files()}) == 2  # the changed corpus was prepared again, under a new key
 
 
+def test_keep_best_saves_the_best_evaluated_weights_of_an_overfitting_run(tmp_path, tokenizer_dir, capsys):
+    """Random word strings: the held-out loss falls while the model learns the words, then rises as it memorises
+    the few training strings. --keep_best saves the weights of the best evaluation, and the folder reloads to them."""
+    import random
+
+    rng = random.Random(0)
+    words = [f"{a}{b}" for a in ("ka", "lo", "mi", "tu", "re", "so") for b in ("n", "t", "p", "l", "m", "s")]
+    corpus = tmp_path / "random.txt"
+    corpus.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(40)))
+    out = tmp_path / "run"
+    code, _, err = run_inprocess(capsys, "pretrain", *TINY_MODEL_ARGS, "--dataset_name", corpus,
+                                 "--tokenizer_name_or_path", tokenizer_dir, "--max_steps", "300", "--eval_steps", "25",
+                                 "--learning_rate", "0.01", "--warmup_steps", "5", "--keep_best", "true",
+                                 "--validation_split_percentage", "20", "--output_dir", out)
+    assert code == 0, err
+    m = json.loads((out / "all_results.json").read_text())
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    during = {h["step"]: h["eval_loss"] for h in history if "eval_loss" in h and h["step"] < 300}
+    best = min(during, key=during.get)
+    assert m["keep_best_step"] == best < 300  # it overfitted: the best evaluation was not the last
+    assert m["last_step_eval_loss"] > during[best] + 0.05
+    assert m["eval_loss"] == pytest.approx(during[best], abs=1e-4)
+    code, _, err = run_inprocess(capsys, "eval", "--model", out, "--tasks", "bpb")
+    assert code == 0, err
+    evaluated = json.loads((out / "eval_results.json").read_text())["results"]
+    assert next(r["value"] for r in evaluated if r["metric"] == "loss") == pytest.approx(during[best], abs=1e-3)
+
+
 def test_bad_inputs(tmp_path, tokenizer_dir, capsys):
     existing = tmp_path / "existing"
     existing.mkdir()

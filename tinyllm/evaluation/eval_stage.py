@@ -38,14 +38,16 @@ from tinyllm.model_io import load_model_folder
 __all__ = ["run_eval"]
 
 
-def _eval_data_args(args: EvalArguments, data: DataArguments, run: dict) -> DataArguments:
+def _eval_data_args(args: EvalArguments, data: DataArguments, run: dict, context: int | None = None) -> DataArguments:
     """The held-out text: the run's own corpus and split (recorded in run_summary.json) unless the command line
-    names others. `data` holds only what was given: eval's dataset defaults are None (cli.COMMANDS)."""
+    names others. `data` holds only what was given: eval's dataset defaults are None (cli.COMMANDS). The blocks are
+    the model's own (the run's block_size, else its `context`), whatever the corpus: positions a model never
+    trained on (a 128-token model read in 256-token blocks) would count against it."""
     saved = dict(run.get("data") or {})
     fields = {f.name for f in dataclasses.fields(DataArguments)}
     values = {k: v for k, v in saved.items() if k in fields}
     if data.dataset_name:
-        values = {k: v for k, v in values.items() if k.startswith("builtin_")}
+        values = {k: v for k, v in values.items() if k.startswith("builtin_") or k == "block_size"}
         values.update(dataset_name=data.dataset_name, dataset_config_name=data.dataset_config_name,
                       dataset_split=data.dataset_split, cache_dir=data.cache_dir)
     if not values.get("dataset_name"):
@@ -56,6 +58,11 @@ def _eval_data_args(args: EvalArguments, data: DataArguments, run: dict) -> Data
         value = getattr(data, key)
         if value is not None:
             values[key] = value
+    if context and values.get("block_size") is None:
+        values["block_size"] = min(context, 1024)
+    elif context and values["block_size"] > context:
+        raise ConfigError(f"block_size {values['block_size']} exceeds the model's context of {context}; lower "
+                          f"--block_size")
     values["streaming"] = False
     return DataArguments(**values)
 
@@ -84,7 +91,9 @@ def run_eval(args: EvalArguments, data: DataArguments) -> dict:
     manager = task_manager(harness, args.include_path) if harness else None
     for task in tasks:
         if task == "bpb":
-            held = _eval_data_args(args, data, run)
+            context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions",
+                                                                                        None)
+            held = _eval_data_args(args, data, run, context)
             seed = run["seed"] if run.get("seed") is not None else args.seed  # the built-in corpus depends on it
             scores = heldout_bits_per_byte(model, tokenizer, held, seed, args.batch_size)
             for metric in ("bits_per_byte", "perplexity", "loss"):

@@ -217,10 +217,11 @@ class Speedrun:
         # set, 50 questions with SFT), export ~0.1 s
         evaluation = max(2.0, 0.01 * self.total) + (max(1.0, 0.005 * self.total) if self.sft_name else 0.0)
         export = max(1.0, 0.005 * self.total) if self.sp.export_gguf else 0.0
-        # two runs of the smallest shape: at least 25 s, so that the shorter trains ~5 s (~200 steps, past the
-        # steepest start of the curve: a 2.5 s point predicted a 2-minute run 7% off); on the flat part of the curve
-        # the seconds it takes from pretraining cost ~0.5% of the loss
-        calibrate = 0.0 if calibrated else min(max(0.12 * left, 25.0), 120.0)
+        # two runs of the smallest shape, 12% of what is left but at least 30 s (a third of a budget under ~2
+        # minutes), so that the shorter trains ~6 s, ~250 steps on a 2-core CPU: points at 5 and 14 s, still in the
+        # curve's steep start, predicted 2-minute runs 12-24% off (docs/speedrun.md). On the flat part of the curve
+        # the seconds taken from pretraining cost ~0.5% of its loss.
+        calibrate = 0.0 if calibrated else min(max(0.12 * left, min(30.0, 0.3 * left)), 120.0)
         pretrain = left - sft - evaluation - export - calibrate - 0.005 * self.total
         return {"calibrate": calibrate, "pretrain": pretrain, "sft": sft, "eval": evaluation, "export": export}
 
