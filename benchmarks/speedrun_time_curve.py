@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tinyllm.training.sizing import (FIT, TIME_EXPONENT, Shape, TimeCurve, effective_seconds,  # noqa: E402
-                                     effective_tokens)
+from tinyllm.training.sizing import FIT, TIME_EXPONENT, Shape, TimeCurve, effective_seconds, effective_tokens  # noqa: E402
 
 EXPONENTS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 1.0]
 
@@ -45,7 +44,7 @@ def main():
         final = Shape(c["shape"]["n_layer"], c["shape"]["n_head"], c["shape"]["n_embd"]).non_embedding_params()
         errors["one point"] = one.predict(final, effective_tokens(pre["tokens"], unique), bpt) / pre["loss"] - 1
         rows.append((folder.name, c["shape"]["name"], short, long, m["train_runtime"], pre["loss"], errors))
-    print(f"| speedrun | shape | calibration (s: loss) | pretraining s | achieved | "
+    print("| speedrun | shape | calibration (s: loss) | pretraining s | achieved | "
           + " | ".join(f"g={g:g}" + (" (used)" if g == TIME_EXPONENT else "") for g in EXPONENTS)
           + " | one point, loss model |")
     print("|---|---|---|---|---|" + "---|" * (len(EXPONENTS) + 1))

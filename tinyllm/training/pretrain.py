@@ -41,8 +41,7 @@ from tinyllm.model_io import load_model_folder, resolve_model_path
 from tinyllm.modeling import build_config, check_vocab, resolve_block_size
 from tinyllm.training.arguments import PretrainingArguments
 from tinyllm.training.budget import BudgetCallback, TimeBudget
-from tinyllm.training.callbacks import (DoctorCallback, InterruptCallback, KeepBestCallback, SampleCallback,
-                                       TinyTrainer)
+from tinyllm.training.callbacks import DoctorCallback, InterruptCallback, KeepBestCallback, SampleCallback, TinyTrainer
 from tinyllm.training.estimate import estimate
 from tinyllm.training.recovery import (
     RunSetup,

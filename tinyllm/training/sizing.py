@@ -33,9 +33,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["Shape", "shape_ladder", "LossModel", "FIT", "TimeCurve", "TIME_EXPONENT", "lr_for_width", "vocab_for_corpus", "tokens_per_step",
-           "effective_tokens", "effective_seconds", "Candidate", "Choice", "choose", "MUENNIGHOFF_R_STAR", "block_size_for",
-           "TOKENS_PER_PARAM"]
+__all__ = ["Shape", "shape_ladder", "LossModel", "FIT", "TimeCurve", "TIME_EXPONENT", "lr_for_width",
+           "vocab_for_corpus", "tokens_per_step", "effective_tokens", "effective_seconds", "Candidate", "Choice",
+           "choose", "MUENNIGHOFF_R_STAR", "block_size_for", "TOKENS_PER_PARAM"]
 
 MUENNIGHOFF_R_STAR = 15.4  # their fitted "repeats after which data is worth 1/e as much" for data
 TARGET_STEPS = 800  # fewer steps than this and the schedule's warmup and decay dominate a short run
@@ -109,9 +109,10 @@ class LossModel:
         return LossModel(self.A, self.alpha, self.B, self.beta, e if floor is None else max(e, floor))
 
 
-# The exponent of the held-out loss against training seconds (TimeCurve), the one that best predicted, from two
-# calibration-length runs of the smallest shape, the loss of the longer speedruns on three corpora (to within ~8%;
-# 0.7 and 0.8 did as well, 1.0 twice as badly): `python benchmarks/speedrun_time_curve.py`, docs/speedrun.md.
+# The exponent of the held-out loss against training seconds (TimeCurve): chosen on pairs of calibration-length
+# runs of the smallest shape, which predicted the 2-minute speedruns on three corpora within 3% at 0.7-0.8; on ten
+# speedruns since, 0.75 has the smallest largest error of 0.5-1.0 (14%; 6 of 10 within 5%): `python
+# benchmarks/speedrun_time_curve.py`, docs/speedrun.md. The best exponent differs by corpus (characters ~0.5).
 TIME_EXPONENT = 0.75
 
 
