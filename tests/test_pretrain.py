@@ -216,12 +216,13 @@ def test_bad_inputs(tmp_path, tokenizer_dir, capsys):
         (["--output_dir", tmp_path / "r2", "--resume_from_checkpoint", "true"], "no complete checkpoint"),
         (["--output_dir", tmp_path / "big", "--tokenizer_name_or_path", tokenizer_dir, "--block_size", "100000"],
          "larger than the whole training corpus"),
+        (["--output_dir", tmp_path / "kb", "--keep_best", "true", "--fsdp", "full_shard"], "FSDP and DeepSpeed shard"),
     ]
     for extra, needle in cases:
         code, _, err = run_inprocess(capsys, "pretrain", *base, *extra)
         assert_user_error(code, err, needle)
     assert (existing / "keep").read_text() == "x"
-    assert not (tmp_path / "big").exists() and not (tmp_path / "r").exists()
+    assert not (tmp_path / "big").exists() and not (tmp_path / "r").exists() and not (tmp_path / "kb").exists()
 
 
 def test_vocab_mismatch_is_caught(trained, tmp_path, capsys):
