@@ -237,3 +237,28 @@ def test_tiny_budget_end_to_end_interrupted_then_resumed(tmp_path):
     again = run_cli(*cmd[3:], env=env, timeout=120)  # the same command once more: nothing to do
     assert again.returncode == 0 and "This speedrun is complete" in again.stdout, again.stderr[-2000:]
     assert json.loads(state_path.read_text())["stages"] == state["stages"]
+
+
+def test_the_report_card_says_how_the_loss_was_predicted_and_which_weights_were_kept(tmp_path):
+    from types import SimpleNamespace
+
+    from tinyllm.training.speedrun_card import write_card
+
+    runs = [{"seconds": 6.0, "loss": 4.1, "tokens": 266_240}, {"seconds": 20.0, "loss": 3.4, "tokens": 808_960}]
+    state = {"stages": {"tokenizer": {"seconds": 0.3, "choice": "BPE 1024"},
+                        "calibrate": {"seconds": 29.0, "planned_s": 35.0, "shape": "2x64", "runs": runs},
+                        "pretrain": {"seconds": 252.0, "loss": 3.042, "bits_per_byte": 1.41, "steps": 1060,
+                                     "keep_best_step": 548, "last_step_eval_loss": 3.527},
+                        "eval": {"seconds": 0.5}},
+             "plan": {"choice": {"predicted_loss": 2.898, "epochs": 13.8, "reasons": ["shape 4x128"],
+                                 "candidates": []},
+                      "shares": {"pretrain": 253.0, "eval": 3.0, "export": 2.0}, "device": "cpu",
+                      "curve": {"E": 2.783, "K": 5.587, "g": 0.75}}}
+    run = SimpleNamespace(state=state, data=SimpleNamespace(dataset_name="tinystories"), total=300.0,
+                          elapsed=lambda: 293.0, out=tmp_path, sft_name=None)
+    card = write_card(run, tmp_path / "pretrain", None).read_text()
+    assert "L(t) = 2.783 + 5.587 / t^0.75" in card and "20.0 s of training" in card and "loss 3.400" in card
+    assert "off by -4.7%" in card
+    assert "kept the weights of step 548 of 1060" in card and "3.527" in card
+    del state["stages"]["pretrain"]["keep_best_step"]
+    assert "kept the weights" not in write_card(run, tmp_path / "pretrain", None).read_text()

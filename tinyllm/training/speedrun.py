@@ -362,7 +362,8 @@ class Speedrun:
         self.command("pretrain", "pretrain", flags)
         m = json.loads((folder / "all_results.json").read_text())
         self.finish("pretrain", started, loss=m.get("eval_loss"), bits_per_byte=m.get("eval_bits_per_byte"),
-                    steps=m.get("time_budget_steps"), tokens=(m.get("time_budget_steps") or 0) * c["tokens_per_step"])
+                    steps=m.get("time_budget_steps"), tokens=(m.get("time_budget_steps") or 0) * c["tokens_per_step"],
+                    **{k: m[k] for k in ("keep_best_step", "last_step_eval_loss") if k in m})
         for ckpt in folder.glob("checkpoint-*"):  # the final folder is complete; checkpoints were for resuming
             shutil.rmtree(ckpt, ignore_errors=True)
         return folder

@@ -84,6 +84,10 @@ def write_card(run, final: Path, gguf: Path | None) -> Path:
         lines.append(f"Validation loss (nats per token) predicted {c['predicted_loss']:.3f}, achieved "
                      f"{pre['loss']:.3f}: the prediction was off by {error:+.1%}; bits per byte "
                      f"{pre.get('bits_per_byte')}.")
+    if pre.get("keep_best_step") is not None:
+        lines.append(f"Pretraining kept the weights of step {pre['keep_best_step']} of {pre.get('steps')} "
+                     f"(--keep_best): the held-out loss rose after it, to {pre['last_step_eval_loss']:.3f} at the "
+                     f"last step (the corpus repeated {c['epochs']:.1f} times).")
     lines += ["", "## Choices and why", "", f"- tokenizer: {s.get('tokenizer', {}).get('choice', '')}",
               *[f"- {r}" for r in c["reasons"]],
               _loss_line(plan, s.get("calibrate", {})),
