@@ -33,7 +33,7 @@ from tinyllm.evaluation.tasks import (
 from tinyllm.inference.chat import is_chat_model
 from tinyllm.inference.generation import seed_everything
 from tinyllm.io import atomic_file
-from tinyllm.model_io import load_model_folder
+from tinyllm.model_io import context_length, load_model_folder
 
 __all__ = ["run_eval"]
 
@@ -91,9 +91,7 @@ def run_eval(args: EvalArguments, data: DataArguments) -> dict:
     manager = task_manager(harness, args.include_path) if harness else None
     for task in tasks:
         if task == "bpb":
-            context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions",
-                                                                                        None)
-            held = _eval_data_args(args, data, run, context)
+            held = _eval_data_args(args, data, run, context_length(model.config))
             seed = run["seed"] if run.get("seed") is not None else args.seed  # the built-in corpus depends on it
             scores = heldout_bits_per_byte(model, tokenizer, held, seed, args.batch_size)
             for metric in ("bits_per_byte", "perplexity", "loss"):

@@ -297,25 +297,22 @@ class Speedrun:
         short, long = runs
         if long.get("bits_per_byte"):  # held-out bytes per token, measured: nats per token / nats per byte
             plan["bytes_per_token"] = round(long["loss"] / (math.log(2) * long["bits_per_byte"]), 3)
-        seen = sizing.effective_tokens(long["tokens"], plan["train_tokens"])
-        model = sizing.FIT.calibrated(long["loss"], small.params, seen, plan["bytes_per_token"], floor=0.0)
         curve = sizing.TimeCurve.through(short["effective_s"], short["loss"], long["effective_s"], long["loss"])
+        curve_info = {"E": round(curve.E, 4), "K": round(curve.K, 4), "g": curve.g}
         ratio = long["tokens"] / long["seconds"] / small.tokens_per_second
         self.finish("calibrate", started, planned_s=round(plan["shares"]["calibrate"], 1), shape=small.shape.name,
-                    runs=runs, loss=long["loss"], tokens=long["tokens"], E=round(model.E, 4),
-                    curve={"E": round(curve.E, 4), "K": round(curve.K, 4), "g": curve.g},
+                    runs=runs, loss=long["loss"], tokens=long["tokens"], curve=curve_info,
                     trainer_tokens_per_s=round(long["tokens"] / long["seconds"]), probe_ratio=round(ratio, 3),
                     overhead_s=long["overhead_s"])
         # the plan again: every shape at the trainer's speed (the ratio measured here), this corpus's loss curve,
         # and the pretraining stage's own start-up and final evaluation (the calibration run's overhead) taken out
         shares = self.shares(calibrated=True)
         speeds = {x.shape: x.tokens_per_second * ratio for x in cands}
-        choice = sizing.choose(speeds, max(shares["pretrain"] - long["overhead_s"], 1.0), model,
+        choice = sizing.choose(speeds, max(shares["pretrain"] - long["overhead_s"], 1.0), sizing.FIT,
                                plan["train_tokens"], self.sp.tokenizer_type, self.sp.max_epochs,
                                bytes_per_token=plan["bytes_per_token"], curve=curve)
         plan.update({"choice": choice.to_dict(), "shares": {k: round(v, 1) for k, v in shares.items()},
-                     "E": round(model.E, 4), "curve": {"E": round(curve.E, 4), "K": round(curve.K, 4),
-                                                      "g": curve.g}})
+                     "curve": curve_info})
         self.state["plan"] = plan
         self.save()
         return plan

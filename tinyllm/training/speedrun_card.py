@@ -17,7 +17,7 @@ CARD_FILE = "SPEEDRUN.md"
 def plan_text(plan: dict, run) -> str:
     c = plan["choice"]
     shares = plan["shares"]
-    lines = [f"plan ({'calibrated' if 'E' in plan else 'before calibration'}):"]
+    lines = [f"plan ({'calibrated' if 'curve' in plan or 'E' in plan else 'before calibration'}):"]
     lines += [f"  - {r}" for r in c["reasons"]]
     lines.append("  budget: " + ", ".join(f"{k} {fmt_duration(v)}" for k, v in shares.items() if v)
                  + f" (after {fmt_duration(run.elapsed())} of tokenizer, data and probe)")
