@@ -35,14 +35,23 @@ from dataclasses import asdict, dataclass, field
 
 __all__ = ["Shape", "shape_ladder", "LossModel", "FIT", "TimeCurve", "TIME_EXPONENT", "lr_for_width",
            "vocab_for_corpus", "tokens_per_step", "effective_tokens", "effective_seconds", "Candidate", "Choice",
-           "choose", "MUENNIGHOFF_R_STAR", "block_size_for", "TOKENS_PER_PARAM"]
+           "choose", "MUENNIGHOFF_R_STAR", "block_size_for", "TOKENS_PER_PARAM",
+           "DATA_BOUND_EPOCHS"]
 
 MUENNIGHOFF_R_STAR = 15.4  # their fitted "repeats after which data is worth 1/e as much" for data
-TARGET_STEPS = 800  # fewer steps than this and the schedule's warmup and decay dominate a short run
+# optimizer steps a run is given (its batch follows): fewer and the schedule's warmup and decay dominate a short run.
+# Batches were powers of two giving 800-1,600 steps until a built-in 2-minute run whose calibration measured the
+# trainer 14% faster doubled its batch, took 922 steps instead of 1,445 and ended 15% worse (docs/speedrun.md):
+# now 1.0-1.125 x TARGET_STEPS steps whatever the speed measured.
+TARGET_STEPS = 1100
 # Effective tokens per parameter (without embeddings) of the best shape in the runs measured here: 6.9 and 8.4 in
 # 30 s, 6.1 in 120 s (TinyStories), 9.6 for Tiny Shakespeare (char) in 2 minutes; geometric mean 7.6
 # (docs/speedrun.md, "the shape").
 TOKENS_PER_PARAM = 8.0
+# Past this many epochs a run's predicted loss is also bounded by what its data allows (`choose`): up to ~4 epochs
+# repeated tokens are worth nearly as much as fresh ones (Muennighoff et al.), beyond it the 800 KB TinyStories
+# slice given 15 minutes (6x192, 14 epochs) ended no better than a 70 s run of 2x64, 8% above the time curve.
+DATA_BOUND_EPOCHS = 4.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,19 @@ class LossModel:
         part there (at least `floor`: a loss is never negative, and a short run's point can put E below zero)."""
         e = loss / bytes_per_token - self.reducible(n_params, tokens, bytes_per_token)
         return LossModel(self.A, self.alpha, self.B, self.beta, e if floor is None else max(e, floor))
+
+    def through(self, n_params: float, tokens1: float, loss1: float, tokens2: float, loss2: float,
+                bytes_per_token: float = 1.0) -> "LossModel":
+        """This corpus's E and B from two runs of one shape on `tokens1` < `tokens2` effective tokens (losses in
+        nats per token); A, alpha and beta kept. A longer run no better than the shorter leaves no data term (B = 0:
+        the corpus at its floor for this shape)."""
+        if tokens2 < tokens1:
+            tokens1, loss1, tokens2, loss2 = tokens2, loss2, tokens1, loss1
+        d1, d2 = tokens1 * bytes_per_token, tokens2 * bytes_per_token
+        l1, l2 = loss1 / bytes_per_token, loss2 / bytes_per_token
+        b = (l1 - l2) / (d1 ** -self.beta - d2 ** -self.beta) if d2 > d1 and l2 < l1 else 0.0
+        model = LossModel(self.A, self.alpha, b, self.beta)
+        return model.calibrated(min(loss1, loss2) if b == 0 else loss2, n_params, tokens2, bytes_per_token)
 
 
 # The exponent of the held-out loss against training seconds (TimeCurve): chosen on pairs of calibration-length
@@ -181,11 +203,12 @@ def vocab_for_corpus(corpus_bytes: int) -> int:
 
 
 def tokens_per_step(total_tokens: float, block_size: int) -> int:
-    """A power-of-two multiple of the block giving at least ~TARGET_STEPS steps; 8 to 512 sequences."""
-    seqs = 8
-    while seqs < 512 and total_tokens / (2 * seqs * block_size) >= TARGET_STEPS:
-        seqs *= 2
-    return seqs * block_size
+    """Sequences of the block per step giving at least TARGET_STEPS steps, and at most 1/8 more (the most
+    sequences that do, rounded down to a step of an eighth of their number, so that they split into micro-batches):
+    8 to 512 sequences."""
+    seqs = total_tokens / (TARGET_STEPS * block_size)
+    grain = 1 if seqs < 16 else 2 if seqs < 32 else 4 if seqs < 64 else 8
+    return min(max(grain * int(seqs // grain), 8), 512) * block_size
 
 
 def effective_tokens(tokens: float, unique: float | None) -> float:
@@ -241,8 +264,11 @@ def choose(speeds: dict[Shape, float], seconds: float, loss_model: LossModel, un
            bytes_per_token: float = 1.0, curve: TimeCurve | None = None) -> Choice:
     """The shape (of those measured: tokens per second) whose `seconds` of pretraining buy closest to
     `tokens_per_param` effective tokens per parameter, with its batch, learning rate, steps, predicted loss and the
-    reasons in words. The predicted loss is the calibrated `curve`'s at the shape's (effective) training seconds
-    when there is one, else `loss_model`'s (tokens of `bytes_per_token` bytes)."""
+    reasons in words. `loss_model` is in parameters and tokens (of `bytes_per_token` bytes). With a calibrated
+    `curve` the predicted loss is the curve's at the shape's (effective) training seconds; past DATA_BOUND_EPOCHS
+    epochs the loss model's when that is higher: the curve says what the time buys, the loss model (its E and B this
+    corpus's, `LossModel.through`) what the corpus allows a shape of that size once repeated data, not time, is
+    what runs out."""
     if not speeds:
         raise ValueError("no shape was measured")
     cands = []
@@ -253,8 +279,11 @@ def choose(speeds: dict[Shape, float], seconds: float, loss_model: LossModel, un
         n = shape.non_embedding_params()
         effective = effective_tokens(tokens, unique_tokens)
         epochs = affordable / unique_tokens if unique_tokens else None
-        predicted = (curve.predict(effective_seconds(tokens / tps, tokens, unique_tokens)) if curve else
-                     loss_model.predict(n, effective, bytes_per_token))
+        predicted = loss_model.predict(n, effective, bytes_per_token)
+        if curve:
+            timed = curve.predict(effective_seconds(tokens / tps, tokens, unique_tokens))
+            repeated = bool(unique_tokens and tokens > DATA_BOUND_EPOCHS * unique_tokens)
+            predicted = max(timed, predicted) if repeated else timed
         cands.append(Candidate(shape, n, tps, tokens, epochs, predicted, effective / n))
 
     def distance(c: Candidate) -> float:
@@ -281,6 +310,12 @@ def choose(speeds: dict[Shape, float], seconds: float, loss_model: LossModel, un
         + (f", x 256/{best.shape.n_embd} beyond" if best.shape.n_embd > LR_MEASURED_WIDTH else ""),
         f"{per_step:,} tokens per step ({per_step // block} x {block}): ~{steps} steps",
     ]
+    if curve:
+        timed = curve.predict(effective_seconds(best.tokens / best.tokens_per_second, best.tokens, unique_tokens))
+        reasons.append(f"predicted loss {best.predicted_loss:.3f}: " + (
+            "this corpus's loss curve in training seconds" if timed >= best.predicted_loss else
+            f"what the corpus allows this shape past {DATA_BOUND_EPOCHS:g} epochs (the loss model in parameters and "
+            f"tokens; the time alone would give {timed:.3f})"))
     if unique_tokens:
         reasons.append(f"corpus {unique_tokens / 1e6:.2f}M tokens: {min(best.epochs or 0, max_epochs):.2f} epochs"
                        + (f" (capped at {max_epochs:g}; the budget would buy {best.epochs:.1f})" if capped else ""))

@@ -217,11 +217,12 @@ class Speedrun:
         # set, 50 questions with SFT), export ~0.1 s
         evaluation = max(2.0, 0.01 * self.total) + (max(1.0, 0.005 * self.total) if self.sft_name else 0.0)
         export = max(1.0, 0.005 * self.total) if self.sp.export_gguf else 0.0
-        # two runs of the smallest shape, 12% of what is left but at least 30 s (a third of a budget under ~2
-        # minutes), so that the shorter trains ~6 s, ~250 steps on a 2-core CPU: points at 5 and 14 s, still in the
-        # curve's steep start, predicted 2-minute runs 12-24% off (docs/speedrun.md). On the flat part of the curve
-        # the seconds taken from pretraining cost ~0.5% of its loss.
-        calibrate = 0.0 if calibrated else min(max(0.12 * left, min(30.0, 0.3 * left)), 120.0)
+        # two runs of the smallest shape, a quarter of what is left but at least 30 s (a third of a budget under ~2
+        # minutes) and at most 120 s. Points at 5 and 14 s, still in the curve's steep start, predicted 2-minute
+        # runs 12-24% off; at 6 and 20 s (12% of 5 minutes) 5-minute runs up to 14% off; the 15-minute runs' points at
+        # 27 and 70 s predicted the 2- and 5-minute runs of the same corpora within 3.2% (docs/speedrun.md). On the
+        # flat part of the curve the seconds taken from pretraining cost ~0.5% of its loss.
+        calibrate = 0.0 if calibrated else min(max(0.25 * left, min(30.0, 0.3 * left)), 120.0)
         pretrain = left - sft - evaluation - export - calibrate - 0.005 * self.total
         return {"calibrate": calibrate, "pretrain": pretrain, "sft": sft, "eval": evaluation, "export": export}
 
@@ -299,6 +300,12 @@ class Speedrun:
             plan["bytes_per_token"] = round(long["loss"] / (math.log(2) * long["bits_per_byte"]), 3)
         curve = sizing.TimeCurve.through(short["effective_s"], short["loss"], long["effective_s"], long["loss"])
         curve_info = {"E": round(curve.E, 4), "K": round(curve.K, 4), "g": curve.g}
+        # the same two runs in parameters and tokens: what the corpus allows each shape when its data runs out
+        unique = plan["train_tokens"]
+        bound = sizing.FIT.through(small.params, sizing.effective_tokens(short["tokens"], unique), short["loss"],
+                                   sizing.effective_tokens(long["tokens"], unique), long["loss"],
+                                   plan["bytes_per_token"])
+        curve_info["loss_model"] = {"E": round(bound.E, 4), "B": round(bound.B, 2)}
         ratio = long["tokens"] / long["seconds"] / small.tokens_per_second
         self.finish("calibrate", started, planned_s=round(plan["shares"]["calibrate"], 1), shape=small.shape.name,
                     runs=runs, loss=long["loss"], tokens=long["tokens"], curve=curve_info,
@@ -308,7 +315,7 @@ class Speedrun:
         # and the pretraining stage's own start-up and final evaluation (the calibration run's overhead) taken out
         shares = self.shares(calibrated=True)
         speeds = {x.shape: x.tokens_per_second * ratio for x in cands}
-        choice = sizing.choose(speeds, max(shares["pretrain"] - long["overhead_s"], 1.0), sizing.FIT,
+        choice = sizing.choose(speeds, max(shares["pretrain"] - long["overhead_s"], 1.0), bound,
                                plan["train_tokens"], self.sp.tokenizer_type, self.sp.max_epochs,
                                bytes_per_token=plan["bytes_per_token"], curve=curve)
         plan.update({"choice": choice.to_dict(), "shares": {k: round(v, 1) for k, v in shares.items()},
@@ -325,7 +332,8 @@ class Speedrun:
         keep = bool(epochs and epochs > KEEP_BEST_EPOCHS)
         evals = ["--eval_steps", max(steps // KEEP_BEST_EVALUATIONS, 10), "--keep_best", "true"] if keep else \
             ["--eval_steps", 10 ** 6]
-        micro = min(micro_batch_for(self.device, block), max(per_step // block, 1))
+        seqs = max(per_step // block, 1)
+        micro = max(d for d in range(1, min(micro_batch_for(self.device, block), seqs) + 1) if seqs % d == 0)
         return [*self.data_flags(), "--tokenizer_name_or_path", tokenizer_dir, "--model_type", "llama",
                 "--preset", "nano", "--n_layer", shape.n_layer, "--n_head", shape.n_head, "--n_embd", shape.n_embd,
                 "--block_size", block, "--per_device_train_batch_size", micro,

@@ -31,9 +31,15 @@ def _loss_line(plan: dict, cal: dict) -> str:
     if curve:
         runs = "; ".join(f"{r['seconds']:.1f} s of training, {r['tokens']:,} tokens: loss {r['loss']:.3f}"
                          for r in cal.get("runs", []))
-        return (f"- predicted loss: L(t) = {curve['E']:.3f} + {curve['K']:.3f} / t^{curve['g']:g} after t seconds of "
+        line = (f"- predicted loss: L(t) = {curve['E']:.3f} + {curve['K']:.3f} / t^{curve['g']:g} after t seconds of "
                 f"training (E and K through the two calibration runs of {cal.get('shape', '?')}: {runs}; the exponent "
                 f"fitted here, docs/speedrun.md), the pretraining's seconds counted as D' counts repeated tokens")
+        bound = curve.get("loss_model")
+        if bound:
+            line += (f"; past {sizing.DATA_BOUND_EPOCHS:g} epochs no lower than L = {bound['E']:.3f} + "
+                     f"{sizing.FIT.A:g} / N^{sizing.FIT.alpha:g} + {bound['B']:g} / D'^{sizing.FIT.beta:g} in nats "
+                     f"per byte (N parameters, D' effective bytes; E and B through the same two runs)")
+        return line
     return (f"- loss model: L = E + {sizing.FIT.A:g} / N^{sizing.FIT.alpha:g} + {sizing.FIT.B:g} / D'^"
             f"{sizing.FIT.beta:g} in nats per byte, D' in bytes (fitted here, docs/speedrun.md), "
             f"{plan.get('bytes_per_token')} bytes per token, E = {plan.get('E')} from the calibration run "
