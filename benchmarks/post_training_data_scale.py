@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 STEP = """
 import sys, time
-from tinyllm.config import DataArguments, GRPOArguments, PreferenceArguments
+from tinyllm.config import DataArguments
+from tinyllm.post_training_config import GRPOArguments, PreferenceArguments
 t0 = time.time()
 data = DataArguments(dataset_name=sys.argv[2], validation_split_percentage=1.0)
 if sys.argv[1] == "dpo":

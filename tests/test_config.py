@@ -145,3 +145,16 @@ def test_help_opens_each_option_group_with_one_line(command, capsys):
         assert f"{t.__name__}(" not in line
     if command == "sft":
         assert "[default: builtin_qa]" in text
+
+
+def test_help_into_a_closed_pipe_ends_quietly():
+    """`tinyllm dpo --help | head -2`: the reader closes the pipe early; the command exits 0 without a traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "tinyllm", "dpo", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=REPO, bufsize=0)
+    assert proc.stdout.read(20).startswith(b"usage: tinyllm dpo")
+    proc.stdout.close()  # the reader leaves before the help is printed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -98,9 +98,10 @@ def test_bad_preference_records_name_the_record(row, needles):
 def test_dpo_pairs_from_a_file_are_arrow_backed_cached_and_hold_out_grpos_rows(bpe_tokenizer, tmp_path):
     """A JSONL of pairs goes through datasets (memory-mapped, tokenized once: the second build reuses the cache
     files), holds out the rows GRPO's rule picks, and gives the tokens encode_pair gives."""
-    from tinyllm.config import DataArguments, PreferenceArguments
+    from tinyllm.config import DataArguments
     from tinyllm.data.preference_data import build_preference_datasets
     from tinyllm.data.sft_data import held_out_indices
+    from tinyllm.post_training_config import PreferenceArguments
 
     rows = [{"prompt": f"question {i}?", "chosen": f"answer {i}.", "rejected": "no."} for i in range(40)]
     pairs = tmp_path / "pairs.jsonl"

@@ -15,7 +15,11 @@ QUICK_EXIT = {"generate", "chat", "plan"}
 
 
 def entry() -> None:
-    code = main()
+    try:
+        code = main()
+    except BrokenPipeError:  # `tinyllm ... --help | head`: the reader left; nothing more to say, and no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail again
+        sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] in QUICK_EXIT:
         import logging
 

@@ -30,6 +30,7 @@ from typing import Callable
 import tinyllm
 from tinyllm import __version__
 from tinyllm import config as c
+from tinyllm import post_training_config as pc
 from tinyllm.errors import TinyLLMError, suggest
 from tinyllm.logs import setup_logging
 from tinyllm.modeling import describe_presets
@@ -153,12 +154,12 @@ COMMANDS: dict[str, Command] = {
                    (c.SFTModelArguments, c.DataArguments, c.SFTArguments, c.LoraArguments, c.SFTTrainingOptions),
                    _sft, defaults={"dataset_name": "builtin_qa", "validation_split_percentage": 10.0}),
     "dpo": Command("preference-tune a chat model (DPO through TRL, LoRA) on chosen/rejected answer pairs",
-                   (c.PostTrainingModelArguments, c.DataArguments, c.PreferenceArguments, c.LoraArguments,
-                    c.DPOTrainingOptions), _dpo,
+                   (pc.PostTrainingModelArguments, c.DataArguments, pc.PreferenceArguments, c.LoraArguments,
+                    pc.DPOTrainingOptions), _dpo,
                    defaults={"dataset_name": "builtin", "validation_split_percentage": 10.0}),
     "grpo": Command("RL with verifiable rewards (GRPO through TRL): sample answers, reward the right ones",
-                    (c.PostTrainingModelArguments, c.DataArguments, c.GRPOArguments, c.LoraArguments,
-                     c.GRPOTrainingOptions), _grpo,
+                    (pc.PostTrainingModelArguments, c.DataArguments, pc.GRPOArguments, c.LoraArguments,
+                     pc.GRPOTrainingOptions), _grpo,
                     # full fine-tuning by default: measured better than LoRA on small models (see README)
                     defaults={"dataset_name": "builtin_arithmetic", "validation_split_percentage": 10.0,
                               "model_name_or_path": "outputs/sft_arithmetic", "use_lora": False}),

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tinyllm import config as c
+from tinyllm import post_training_config as pc
 from tinyllm.errors import ConfigError, first_line, suggest
 
 __all__ = ["parse_args", "load_yaml", "format_help", "TRAINING_OPTIONS"]
 
-TRAINING_OPTIONS = (c.PretrainTrainingOptions, c.SFTTrainingOptions, c.DPOTrainingOptions, c.GRPOTrainingOptions)
+TRAINING_OPTIONS = (c.PretrainTrainingOptions, c.SFTTrainingOptions, pc.DPOTrainingOptions, pc.GRPOTrainingOptions)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -69,10 +70,10 @@ def _runtime_types(option_types: Sequence[type]) -> list[type]:
     """The types to parse into: training options become their TrainingArguments subclass (imports transformers)."""
     if not any(t in TRAINING_OPTIONS for t in option_types):
         return list(option_types)
-    if any(t in (c.DPOTrainingOptions, c.GRPOTrainingOptions) for t in option_types):
+    if any(t in (pc.DPOTrainingOptions, pc.GRPOTrainingOptions) for t in option_types):
         from tinyllm.training.trl_arguments import DPOTrainingArguments, GRPOTrainingArguments  # imports TRL
 
-        trl_types = {c.DPOTrainingOptions: DPOTrainingArguments, c.GRPOTrainingOptions: GRPOTrainingArguments}
+        trl_types = {pc.DPOTrainingOptions: DPOTrainingArguments, pc.GRPOTrainingOptions: GRPOTrainingArguments}
         return [trl_types.get(t, t) for t in option_types]
     from tinyllm.training.arguments import training_arguments_class
 

@@ -20,11 +20,12 @@ import logging
 import random
 from dataclasses import dataclass
 
-from tinyllm.config import DataArguments, PreferenceArguments
+from tinyllm.config import DataArguments
 from tinyllm.data.builtin import ANIMALS, fact_sentences, generate_qa
 from tinyllm.data.sft_data import held_out_split, rows_dataset, tokenizer_digest
 from tinyllm.errors import DataError
 from tinyllm.inference.chat import encode_chat, encode_for_training
+from tinyllm.post_training_config import PreferenceArguments
 
 __all__ = ["FORMATS", "generate_preferences", "record_to_pair", "encode_pair", "build_preference_datasets",
            "PreferenceData"]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tinyllm.config import DataArguments, GRPOArguments
+from tinyllm.config import DataArguments
 from tinyllm.data.sft_data import BUILTIN_QA, held_out_split, load_qa_rows
 from tinyllm.errors import DataError
+from tinyllm.post_training_config import GRPOArguments
 
 __all__ = ["FORMATS", "record_to_prompt", "build_prompt_datasets", "PromptData"]
 

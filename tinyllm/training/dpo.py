@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING
 
 from trl import DPOTrainer
 
-from tinyllm.config import DataArguments, LoraArguments, PostTrainingModelArguments, PreferenceArguments
+from tinyllm.config import DataArguments, LoraArguments
 from tinyllm.data.preference_data import PreferenceData, build_preference_datasets
 from tinyllm.data.sft_data import SFTCollator
 from tinyllm.evaluation.report import RunSummary
 from tinyllm.evaluation.scoring import evaluate_answers, mean_token_loss
 from tinyllm.hub import hardware_summary
 from tinyllm.model_io import load_model_folder, resolve_model_path
+from tinyllm.post_training_config import PostTrainingModelArguments, PreferenceArguments
 from tinyllm.training.adapters import load_chat_model, lora_config
 from tinyllm.training.callbacks import InterruptCallback
 from tinyllm.training.posttrain import (

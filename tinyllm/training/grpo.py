@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
-from tinyllm.config import DataArguments, GRPOArguments, LoraArguments, PostTrainingModelArguments
+from tinyllm.config import DataArguments, LoraArguments
 from tinyllm.data.prompt_data import PromptData, build_prompt_datasets
 from tinyllm.errors import ConfigError
 from tinyllm.evaluation.report import RunSummary
 from tinyllm.evaluation.rewards import builtin_rewards, checked_reward, load_reward_function, pass_at_k
 from tinyllm.hub import hardware_summary
 from tinyllm.inference.chat import encode_chat
+from tinyllm.post_training_config import GRPOArguments, PostTrainingModelArguments
 from tinyllm.training.adapters import load_chat_model, lora_config
 from tinyllm.training.callbacks import InterruptCallback
 from tinyllm.training.posttrain import (

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from trl import DPOConfig, GRPOConfig
 
-from tinyllm.config import DPOTrainingOptions, GRPOTrainingOptions
 from tinyllm.errors import ConfigError
+from tinyllm.post_training_config import DPOTrainingOptions, GRPOTrainingOptions
 from tinyllm.training.arguments import check_common
 
 __all__ = ["DPOTrainingArguments", "GRPOTrainingArguments"]
