@@ -135,6 +135,11 @@ def test_the_loss_model_through_two_runs_bounds_a_prediction_when_the_corpus_run
     assert tight.predicted_loss == pytest.approx(model.predict(tight.shape.non_embedding_params(),
                                                                effective_tokens(tight.tokens, 240_000), 3.0))
     assert any("what the corpus allows" in r for r in tight.reasons)
+    # repeated fewer than DATA_BOUND_EPOCHS times: the curve alone (a bigger model still turns time into loss)
+    mid = choose(speeds, 760, model, unique_tokens=470_000, curve=curve, bytes_per_token=3.0)
+    assert 4 < mid.epochs < sizing.DATA_BOUND_EPOCHS
+    assert mid.predicted_loss == pytest.approx(curve.predict(sizing.effective_seconds(mid.seconds, mid.tokens,
+                                                                                      470_000)))
 
 
 def test_keep_best_puts_the_best_evaluated_weights_back():
@@ -248,6 +253,9 @@ def test_tiny_budget_end_to_end_interrupted_then_resumed(tmp_path):
     assert wall < 100
     card = (out / "SPEEDRUN.md").read_text()
     assert "| pretrain |" in card and "predicted loss" in card and "## Choices and why" in card
+    # the prediction comes with its range over the curve's exponents, which holds it
+    low, high = state["plan"]["curve"]["predicted_range"]
+    assert low <= state["plan"]["choice"]["predicted_loss"] <= high and f"{low:.3f}-{high:.3f}" in card
     assert "Resuming" in res.stdout
     for line in ("tinyllm chat" if sft_ran else "tinyllm generate", "tinyllm serve", "ollama create"):
         assert line in res.stdout
@@ -280,13 +288,14 @@ def test_the_report_card_says_how_the_loss_was_predicted_and_which_weights_were_
              "plan": {"choice": {"predicted_loss": 2.898, "epochs": 13.8, "reasons": ["shape 4x128"],
                                  "candidates": []},
                       "shares": {"pretrain": 253.0, "eval": 3.0, "export": 2.0}, "device": "cpu",
-                      "curve": {"E": 2.783, "K": 5.587, "g": 0.75, "loss_model": {"E": 0.81, "B": 912.5}}}}
+                      "curve": {"E": 2.783, "K": 5.587, "g": 0.75, "loss_model": {"E": 0.81, "B": 912.5},
+                                "predicted_range": [2.85, 2.95]}}}
     run = SimpleNamespace(state=state, data=SimpleNamespace(dataset_name="tinystories"), total=300.0,
                           elapsed=lambda: 293.0, out=tmp_path, sft_name=None)
     card = write_card(run, tmp_path / "pretrain", None).read_text()
     assert "L(t) = 2.783 + 5.587 / t^0.75" in card and "20.0 s of training" in card and "loss 3.400" in card
-    assert "off by -4.7%" in card
-    assert "no lower than L = 0.810 + 12.5 / N^0.6 + 912.5 / D'^0.6" in card  # the bound past 4 epochs
+    assert "off by -4.7%" in card and "(2.850-2.950 for the curve's exponent from 0.5 to 1" in card
+    assert "no lower than L = 0.810 + 12.5 / N^0.6 + 912.5 / D'^0.6" in card  # the bound past 10 epochs
     assert "kept the weights of step 548 of 1060" in card and "3.527" in card
     del state["stages"]["pretrain"]["keep_best_step"]
     assert "kept the weights" not in write_card(run, tmp_path / "pretrain", None).read_text()

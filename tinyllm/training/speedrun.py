@@ -375,8 +375,11 @@ def run_speedrun(sp: SpeedrunArguments, data: DataArguments, run_command: Callab
         return 0
     plan = run.calibrate(plan, tokenizer_dir)
     c = plan["choice"]
-    print(f"calibrated on this corpus: predicted validation loss {c['predicted_loss']:.3f} after "
-          f"{c['tokens'] / 1e6:.2f}M tokens of {c['shape']['name']}", flush=True)
+    low, high = plan.get("curve", {}).get("predicted_range", (None, None))
+    print(f"calibrated on this corpus: predicted validation loss {c['predicted_loss']:.3f}"
+          + (f" ({low:.3f}-{high:.3f} for the curve's exponent from {sizing.EXPONENT_RANGE[0]:g} to "
+             f"{sizing.EXPONENT_RANGE[1]:g})" if low is not None else "")
+          + f" after {c['tokens'] / 1e6:.2f}M tokens of {c['shape']['name']}", flush=True)
     base = run.pretrain(plan, tokenizer_dir)
     chat = run.sft(base)
     final = chat or base

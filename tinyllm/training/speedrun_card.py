@@ -87,8 +87,12 @@ def write_card(run, final: Path, gguf: Path | None) -> Path:
              "| stage | predicted time | achieved time | predicted loss | achieved loss |", "|---|---|---|---|---|",
              *rows, "", f"Stages total {total:.0f} s (the rest is start-up and bookkeeping)."]
     if error is not None:
-        lines.append(f"Validation loss (nats per token) predicted {c['predicted_loss']:.3f}, achieved "
-                     f"{pre['loss']:.3f}: the prediction was off by {error:+.1%}; bits per byte "
+        span = plan.get("curve", {}).get("predicted_range")
+        lines.append(f"Validation loss (nats per token) predicted {c['predicted_loss']:.3f}"
+                     + (f" ({span[0]:.3f}-{span[1]:.3f} for the curve's exponent from {sizing.EXPONENT_RANGE[0]:g} to "
+                        f"{sizing.EXPONENT_RANGE[1]:g}: a wide range says "
+                        f"the calibration runs were early on the curve)" if span else "")
+                     + f", achieved {pre['loss']:.3f}: the prediction was off by {error:+.1%}; bits per byte "
                      f"{pre.get('bits_per_byte')}.")
     if pre.get("keep_best_step") is not None:
         lines.append(f"Pretraining kept the weights of step {pre['keep_best_step']} of {pre.get('steps')} "

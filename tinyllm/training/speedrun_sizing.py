@@ -140,6 +140,14 @@ class SizingStages:
         choice = sizing.choose(speeds, max(shares["pretrain"] - long["overhead_s"], 1.0), bound,
                                plan["train_tokens"], self.sp.tokenizer_type, self.sp.max_epochs,
                                bytes_per_token=plan["bytes_per_token"], curve=curve)
+        # how much the prediction rests on the curve's exponent: the same two runs with g = 0.5 and 1.0 (two points
+        # early on the curve, as in a short budget, leave a wide range)
+        best = next(x for x in choice.candidates if x.shape == choice.shape)
+        spread = [sizing.predicted_loss(best.params, best.tokens, best.tokens_per_second, unique, bound,
+                                        sizing.TimeCurve.through(short["effective_s"], short["loss"],
+                                                                 long["effective_s"], long["loss"], g),
+                                        plan["bytes_per_token"]) for g in sizing.EXPONENT_RANGE]
+        curve_info["predicted_range"] = [round(min(spread), 4), round(max(spread), 4)]
         plan.update({"choice": choice.to_dict(), "shares": {k: round(v, 1) for k, v in shares.items()},
                      "curve": curve_info})
         self.state["plan"] = plan
