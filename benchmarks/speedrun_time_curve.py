@@ -33,9 +33,7 @@ def replay(state: dict, folder: Path) -> float:
     unique, bpt = plan["train_tokens"], plan["bytes_per_token"]
     cands = [sizing.Candidate.from_dict(d) for d in plan["choice"]["candidates"]]
     small = min(cands, key=lambda x: x.params)
-    curve = TimeCurve.through(short["effective_s"], short["loss"], long["effective_s"], long["loss"])
-    bound = FIT.through(small.params, effective_tokens(short["tokens"], unique), short["loss"],
-                        effective_tokens(long["tokens"], unique), long["loss"], bpt)
+    curve, bound = sizing.through_calibration(short, long, small.params, unique, bpt)
     tokenizer = state["options"].get("tokenizer_type", "bpe")
     choice = sizing.choose({x.shape: x.tokens_per_second for x in cands},
                            max(plan["shares"]["pretrain"] - long["overhead_s"], 1.0), bound, unique, tokenizer,

@@ -34,10 +34,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["Shape", "shape_ladder", "LossModel", "FIT", "TimeCurve", "TIME_EXPONENT", "EXPONENT_RANGE", "lr_for_width",
-           "vocab_for_corpus", "tokens_per_step", "effective_tokens", "effective_seconds", "Candidate", "Choice",
-           "choose", "predicted_loss", "MUENNIGHOFF_R_STAR", "block_size_for", "TOKENS_PER_PARAM",
-           "DATA_BOUND_EPOCHS"]
+__all__ = ["Shape", "shape_ladder", "LossModel", "FIT", "TimeCurve", "TIME_EXPONENT", "EXPONENT_RANGE",
+           "lr_for_width", "vocab_for_corpus", "tokens_per_step", "effective_tokens", "effective_seconds",
+           "through_calibration", "Candidate", "Choice", "choose", "predicted_loss", "MUENNIGHOFF_R_STAR",
+           "block_size_for", "TOKENS_PER_PARAM", "DATA_BOUND_EPOCHS"]
 
 MUENNIGHOFF_R_STAR = 15.4  # their fitted "repeats after which data is worth 1/e as much" for data
 # optimizer steps a run is given (its batch follows): fewer and the schedule's warmup and decay dominate a short run.
@@ -170,6 +170,17 @@ class TimeCurve:
 
     def predict(self, seconds: float) -> float:
         return max(self.E + self.K * max(seconds, 1e-3) ** -self.g, 0.0)
+
+
+def through_calibration(short: dict, long: dict, n_params: float, unique_tokens: float | None,
+                        bytes_per_token: float, g: float = TIME_EXPONENT) -> tuple[TimeCurve, "LossModel"]:
+    """The speedrun's two calibration runs of one shape (`n_params`; records with `effective_s`, `tokens` and
+    `loss`, as speedrun.json keeps them) as the time curve and the loss model in parameters and tokens (FIT's A,
+    alpha and beta; this corpus's E and B) that `choose` predicts with."""
+    curve = TimeCurve.through(short["effective_s"], short["loss"], long["effective_s"], long["loss"], g)
+    bound = FIT.through(n_params, effective_tokens(short["tokens"], unique_tokens), short["loss"],
+                        effective_tokens(long["tokens"], unique_tokens), long["loss"], bytes_per_token)
+    return curve, bound
 
 
 def effective_seconds(seconds: float, tokens: float, unique: float | None) -> float:

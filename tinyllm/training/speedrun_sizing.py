@@ -120,14 +120,12 @@ class SizingStages:
         short, long = runs
         if long.get("bits_per_byte"):  # held-out bytes per token, measured: nats per token / nats per byte
             plan["bytes_per_token"] = round(long["loss"] / (math.log(2) * long["bits_per_byte"]), 3)
-        curve = sizing.TimeCurve.through(short["effective_s"], short["loss"], long["effective_s"], long["loss"])
-        curve_info = {"E": round(curve.E, 4), "K": round(curve.K, 4), "g": curve.g}
-        # the same two runs in parameters and tokens: what the corpus allows each shape when its data runs out
+        # the curve in seconds, and the same two runs in parameters and tokens: what the corpus allows each shape
+        # when its data runs out
         unique = plan["train_tokens"]
-        bound = sizing.FIT.through(small.params, sizing.effective_tokens(short["tokens"], unique), short["loss"],
-                                   sizing.effective_tokens(long["tokens"], unique), long["loss"],
-                                   plan["bytes_per_token"])
-        curve_info["loss_model"] = {"E": round(bound.E, 4), "B": round(bound.B, 2)}
+        curve, bound = sizing.through_calibration(short, long, small.params, unique, plan["bytes_per_token"])
+        curve_info = {"E": round(curve.E, 4), "K": round(curve.K, 4), "g": curve.g,
+                      "loss_model": {"E": round(bound.E, 4), "B": round(bound.B, 2)}}
         ratio = long["tokens"] / long["seconds"] / small.tokens_per_second
         self.finish("calibrate", started, planned_s=round(plan["shares"]["calibrate"], 1), shape=small.shape.name,
                     runs=runs, loss=long["loss"], tokens=long["tokens"], curve=curve_info,
@@ -137,19 +135,18 @@ class SizingStages:
         # and the pretraining stage's own start-up and final evaluation (the calibration run's overhead) taken out
         shares = self.shares(calibrated=True)
         speeds = {x.shape: x.tokens_per_second * ratio for x in cands}
-        choice = sizing.choose(speeds, max(shares["pretrain"] - long["overhead_s"], 1.0), bound,
-                               plan["train_tokens"], self.sp.tokenizer_type, self.sp.max_epochs,
-                               bytes_per_token=plan["bytes_per_token"], curve=curve)
+        choice = sizing.choose(speeds, max(shares["pretrain"] - long["overhead_s"], 1.0), bound, unique,
+                               self.sp.tokenizer_type, self.sp.max_epochs, bytes_per_token=plan["bytes_per_token"],
+                               curve=curve)
         # how much the prediction rests on the curve's exponent: the same two runs with g = 0.5 and 1.0 (two points
         # early on the curve, as in a short budget, leave a wide range)
         best = next(x for x in choice.candidates if x.shape == choice.shape)
         spread = [sizing.predicted_loss(best.params, best.tokens, best.tokens_per_second, unique, bound,
-                                        sizing.TimeCurve.through(short["effective_s"], short["loss"],
-                                                                 long["effective_s"], long["loss"], g),
+                                        sizing.through_calibration(short, long, small.params, unique,
+                                                                   plan["bytes_per_token"], g)[0],
                                         plan["bytes_per_token"]) for g in sizing.EXPONENT_RANGE]
-        curve_info["predicted_range"] = [round(min(spread), 4), round(max(spread), 4)]
         plan.update({"choice": choice.to_dict(), "shares": {k: round(v, 1) for k, v in shares.items()},
-                     "curve": curve_info})
+                     "curve": {**curve_info, "predicted_range": [round(min(spread), 4), round(max(spread), 4)]}})
         self.state["plan"] = plan
         self.save()
         return plan
