@@ -6,8 +6,9 @@
 
 Per corpus and budget:
 - the speedrun, exactly as a user runs it (`tinyllm speedrun --dataset_name X --time_budget B`; char tokens for
-  Tiny Shakespeare; the built-in corpus gets its SFT stage as by default): its wall time against the budget, its
-  predicted and achieved validation loss, and its pretrained model's held-out bits per byte;
+  Tiny Shakespeare; the built-in corpus gets its SFT stage as by default): its wall time against the budget, the
+  validation loss its pretraining forecast (at 40% of its steps, training/forecast.py) and achieved, and its
+  pretrained model's held-out bits per byte;
 - for the budgets in --grid_budgets, the hand grid: presets nano, micro, baby and small (each with its own context
   and the default 32 sequences per step) x learning rates 1e-3 and 3e-3, each `tinyllm pretrain --time_budget B`
   (the whole budget for pretraining alone), on the speedrun's own tokenizer, evaluated on the same held-out
@@ -49,11 +50,14 @@ def speedrun(work: Path, corpus: str, budget: str) -> dict:
         raise SystemExit(f"speedrun {corpus} {budget} failed:\n{err}")
     state = json.loads((out / "speedrun.json").read_text())
     c, pre = state["plan"]["choice"], state["stages"]["pretrain"]
+    forecast = pre.get("forecast_loss")
     return {"kind": "speedrun", "corpus": corpus, "budget": budget, "wall_s": round(wall, 1),
             "budget_error": round(wall / seconds(budget) - 1, 4), "shape": c["shape"]["name"],
-            "lr": c["learning_rate"], "predicted_loss": round(c["predicted_loss"], 4), "loss": pre["loss"],
-            "prediction_error": round(c["predicted_loss"] / pre["loss"] - 1, 4), "bpb": pre["bits_per_byte"],
-            "pretrain_s": pre["seconds"], "tokenizer": str(out / "tokenizer")}
+            "lr": c["learning_rate"], "batch": c["tokens_per_step"], "steps": pre.get("steps"),
+            "predicted_loss": forecast, "forecast_at_step": pre.get("forecast_at_step"), "loss": pre["loss"],
+            "prediction_error": round(forecast / pre["loss"] - 1, 4) if forecast else None,
+            "bpb": pre["bits_per_byte"], "pretrain_s": pre["seconds"], "forecast_s": pre.get("forecast_seconds"),
+            "tokenizer": str(out / "tokenizer")}
 
 
 def hand(work: Path, corpus: str, budget: str, preset: str, lr: float, tokenizer: str) -> dict:
@@ -104,17 +108,20 @@ def main():
                         if have(kind="hand", corpus=corpus, budget=budget, preset=preset, lr=lr) is None:
                             keep(hand(work, corpus, budget, preset, lr, sr["tokenizer"]))
 
-    print("\n| corpus | budget | wall | kept (±5%) | shape | lr | predicted loss | achieved | error | bpb | best hand "
-          "bpb (preset, lr) | ratio |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| corpus | budget | wall | kept (±5%) | shape | steps (forecast at) | pretraining s (forecast s) | "
+          "forecast loss | achieved | error | bpb | best hand bpb (preset, lr) | ratio |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in (r for r in rows if r["kind"] == "speedrun"):
         grid = [h for h in rows if h["kind"] == "hand" and h["corpus"] == r["corpus"] and h["budget"] == r["budget"]
                 and h.get("bpb") is not None]
         best = min(grid, key=lambda h: h["bpb"]) if grid else None
         ref = f"{best['bpb']:.4f} ({best['preset']}, {best['lr']:g})" if best else "—"
         ratio = f"{r['bpb'] / best['bpb']:.3f}" if best else "—"
+        forecast = (f"{r['predicted_loss']:.3f} | {r['loss']:.3f} | {r['prediction_error']:+.1%}"
+                    if r.get("prediction_error") is not None else f"— | {r['loss']:.3f} | —")
         print(f"| {r['corpus']} | {r['budget']} | {r['wall_s']:.0f} s | {r['budget_error']:+.1%} | {r['shape']} | "
-              f"{r['lr']:.2g} | {r['predicted_loss']:.3f} | {r['loss']:.3f} | {r['prediction_error']:+.1%} | "
-              f"{r['bpb']:.4f} | {ref} | {ratio} |")
+              f"{r.get('steps')} ({r.get('forecast_at_step')}) | {r['pretrain_s']:.0f} ({r.get('forecast_s')}) | "
+              f"{forecast} | {r['bpb']:.4f} | {ref} | {ratio} |")
     print("\n| corpus | budget | preset | lr | wall | steps | loss | bpb |\n|---|---|---|---|---|---|---|---|")
     for h in (r for r in rows if r["kind"] == "hand"):
         if "error" in h:

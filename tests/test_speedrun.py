@@ -211,7 +211,7 @@ def test_dry_run_shows_the_plan_and_trains_nothing(tmp_path, capsys):
     assert code == 0, err
     assert "shape" in stdout and "learning rate" in stdout and "tokens per step" in stdout
     assert "dry run" in stdout and "budget:" in stdout
-    assert not (out / "pretrain").exists() and not (out / ".calibration").exists()
+    assert not (out / "pretrain").exists()
     state = json.loads((out / "speedrun.json").read_text())
     assert set(state["stages"]) == {"tokenizer", "prepare"}  # kept for the real run; no plan left behind
 
@@ -253,9 +253,11 @@ def test_tiny_budget_end_to_end_interrupted_then_resumed(tmp_path):
     assert wall < 100
     card = (out / "SPEEDRUN.md").read_text()
     assert "| pretrain |" in card and "predicted loss" in card and "## Choices and why" in card
-    # the prediction comes with its range over the curve's exponents, which holds it
-    low, high = state["plan"]["curve"]["predicted_range"]
-    assert low <= state["plan"]["choice"]["predicted_loss"] <= high and f"{low:.3f}-{high:.3f}" in card
+    # the forecast's copies made before the interruption were kept in the checkpoint and count after the resume
+    pre = state["stages"]["pretrain"]
+    forecast = json.loads((out / "pretrain" / "forecast.json").read_text())
+    assert len(forecast["points"]) == 3 and pre["forecast_loss"] == forecast["forecast"]["loss"]
+    assert f"forecast {pre['forecast_loss']:.3f}" in card
     assert "Resuming" in res.stdout
     for line in ("tinyllm chat" if sft_ran else "tinyllm generate", "tinyllm serve", "ollama create"):
         assert line in res.stdout
@@ -268,7 +270,7 @@ def test_tiny_budget_end_to_end_interrupted_then_resumed(tmp_path):
         assert "left" in state["stages"]["sft"]["skipped"]
     assert list(final.glob("*.gguf")) and list(final.glob("*.Modelfile"))
     assert not list((out / "pretrain").glob("checkpoint-*"))
-    assert state["stages"]["pretrain"]["loss"] < state["stages"]["calibrate"]["loss"]  # it learned past the probe
+    assert state["stages"]["pretrain"]["loss"] < forecast["points"][0]["loss"]  # it learned past its first copy
     again = run_cli(*cmd[3:], env=env, timeout=120)  # the same command once more: nothing to do
     assert again.returncode == 0 and "This speedrun is complete" in again.stdout, again.stderr[-2000:]
     assert json.loads(state_path.read_text())["stages"] == state["stages"]
@@ -279,23 +281,31 @@ def test_the_report_card_says_how_the_loss_was_predicted_and_which_weights_were_
 
     from tinyllm.training.speedrun_card import write_card
 
-    runs = [{"seconds": 6.0, "loss": 4.1, "tokens": 266_240}, {"seconds": 20.0, "loss": 3.4, "tokens": 808_960}]
+    (tmp_path / "pretrain").mkdir()
+    points = [{"at": 0.1, "step": 106, "steps": 132, "loss": 4.1}, {"at": 0.2, "step": 212, "steps": 265, "loss": 3.6},
+              {"at": 0.4, "step": 424, "steps": 530, "loss": 3.3}]
+    (tmp_path / "pretrain" / "forecast.json").write_text(json.dumps({
+        "points": points, "at": [0.1, 0.2, 0.4],
+        "forecast": {"loss": 2.898, "at_step": 424, "total_steps": 1060, "E": 2.4, "K": 310.0, "exponent": 0.61}}))
     state = {"stages": {"tokenizer": {"seconds": 0.3, "choice": "BPE 1024"},
-                        "calibrate": {"seconds": 29.0, "planned_s": 35.0, "shape": "2x64", "runs": runs},
                         "pretrain": {"seconds": 252.0, "loss": 3.042, "bits_per_byte": 1.41, "steps": 1060,
+                                     "forecast_loss": 2.898, "forecast_at_step": 424,
                                      "keep_best_step": 548, "last_step_eval_loss": 3.527},
                         "eval": {"seconds": 0.5}},
-             "plan": {"choice": {"predicted_loss": 2.898, "epochs": 13.8, "reasons": ["shape 4x128"],
-                                 "candidates": []},
-                      "shares": {"pretrain": 253.0, "eval": 3.0, "export": 2.0}, "device": "cpu",
-                      "curve": {"E": 2.783, "K": 5.587, "g": 0.75, "loss_model": {"E": 0.81, "B": 912.5},
-                                "predicted_range": [2.85, 2.95]}}}
+             "plan": {"choice": {"epochs": 13.8, "reasons": ["shape 4x128"], "candidates": []},
+                      "shares": {"pretrain": 253.0, "eval": 3.0, "export": 2.0}, "device": "cpu"}}
     run = SimpleNamespace(state=state, data=SimpleNamespace(dataset_name="tinystories"), total=300.0,
                           elapsed=lambda: 293.0, out=tmp_path, sft_name=None)
     card = write_card(run, tmp_path / "pretrain", None).read_text()
-    assert "L(t) = 2.783 + 5.587 / t^0.75" in card and "20.0 s of training" in card and "loss 3.400" in card
-    assert "off by -4.7%" in card and "(2.850-2.950 for the curve's exponent from 0.5 to 1" in card
-    assert "no lower than L = 0.810 + 12.5 / N^0.6 + 912.5 / D'^0.6" in card  # the bound past 10 epochs
+    assert "| pretrain | 253 s | 252 s | 2.898 | 3.042 |" in card
+    assert "forecast 2.898 at step 424 of 1,060" in card and "off by -4.7%" in card
+    assert "step 424 + 106: 3.300" in card and "L(D) = 2.400 + 310 / D^0.61" in card
     assert "kept the weights of step 548 of 1060" in card and "3.527" in card
     del state["stages"]["pretrain"]["keep_best_step"]
     assert "kept the weights" not in write_card(run, tmp_path / "pretrain", None).read_text()
+    # a run without a forecast (resumed before its first copy, or streamed) says so instead of a number
+    (tmp_path / "pretrain" / "forecast.json").unlink()
+    del state["stages"]["pretrain"]["forecast_loss"]
+    state["stages"]["pretrain"]["forecast_skipped"] = "2 processes"
+    card = write_card(run, tmp_path / "pretrain", None).read_text()
+    assert "predicted loss: none (2 processes)" in card and "off by" not in card

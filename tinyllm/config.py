@@ -297,6 +297,10 @@ class PretrainTrainingOptions(RunDefaults):
     keep_best: bool = field(default=False, metadata={
         "help": "Keep the weights with the lowest validation loss of the evaluations (every --eval_steps) instead of "
                 "the last ones, when those are worse: a small corpus repeated for many epochs overfits."})
+    forecast: bool = field(default=False, metadata={
+        "help": "With --time_budget and --lr_scheduler_type warmup_stable_decay: predict the final validation loss "
+                "from copies of the run cooled down at a tenth, a fifth and two fifths of its steps (they cost about a "
+                "sixth of the steps; forecast.json)."})
     matrix_optimizer: str = field(default="adamw", metadata={
         "help": "adamw, or muon: Muon for the hidden weight matrices (AdamW, --optim, keeps the embeddings, head "
                 "and norms)."})

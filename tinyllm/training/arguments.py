@@ -32,6 +32,7 @@ class PretrainingArguments(PretrainTrainingOptions, TrainingArguments):
             raise ConfigError(f"matrix_optimizer must be one of {', '.join(MATRIX_OPTIMIZERS)}, got "
                               f"'{self.matrix_optimizer}'" + suggest(self.matrix_optimizer, MATRIX_OPTIMIZERS))
         check_time_budget(self)
+        check_forecast(self)
         check_keep_best(self)
         check_common(self)
         super().__post_init__()
@@ -55,6 +56,14 @@ def check_time_budget(args) -> None:
                           f"({', '.join(BUDGET_SCHEDULES)}), got '{args.lr_scheduler_type}'")
     if args.time_budget:
         args.max_steps = 10 ** 9  # an upper bound for Trainer; the budget callback ends the run
+
+
+def check_forecast(args) -> None:
+    """--forecast cools copies of the run down from a held rate: tinyllm's warmup_stable_decay under a budget."""
+    if getattr(args, "forecast", False) and not (args.time_budget and
+                                                 str(args.lr_scheduler_type) == "warmup_stable_decay"):
+        raise ConfigError("--forecast needs --time_budget and --lr_scheduler_type warmup_stable_decay (its copies "
+                          "are cooled down from the held learning rate); add both, or drop --forecast")
 
 
 def check_keep_best(args) -> None:
@@ -99,7 +108,14 @@ def check_scheduler_kwargs(args) -> None:
                       else kw_field.default)
     if args.lr_scheduler_type != fields["lr_scheduler_type"].default and kwargs == (default_kwargs or {}):
         kwargs = {}
-    if kwargs:
+    if kwargs and getattr(args, "time_budget", None) and kind == SchedulerType.WARMUP_STABLE_DECAY:
+        # under a time budget tinyllm's own schedule (training/budget.py): the cool-down's length follows the
+        # measured steps, only its floor is set
+        if set(kwargs) - {"min_lr_ratio"}:
+            raise ConfigError(f"lr_scheduler_kwargs {json.dumps(kwargs)}: with --time_budget, warmup_stable_decay "
+                              f"takes only min_lr_ratio (its cool-down is the last fifth of the measured steps); "
+                              f"fix --lr_scheduler_kwargs")
+    elif kwargs:
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
         try:
             get_scheduler(kind, optimizer, num_warmup_steps=1, num_training_steps=10,

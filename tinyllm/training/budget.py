@@ -21,10 +21,16 @@ from transformers import TrainerCallback
 from tinyllm.errors import ConfigError
 from tinyllm.formatting import fmt_duration
 
-__all__ = ["parse_duration", "TimeBudget", "BudgetCallback", "budget_schedule", "BUDGET_SCHEDULES"]
+__all__ = ["parse_duration", "TimeBudget", "BudgetCallback", "budget_schedule", "BUDGET_SCHEDULES", "DECAY_FRACTION",
+           "decay_factor"]
 
 logger = logging.getLogger(__name__)
-BUDGET_SCHEDULES = ("cosine_with_min_lr", "cosine", "linear", "constant_with_warmup")
+BUDGET_SCHEDULES = ("cosine_with_min_lr", "cosine", "linear", "constant_with_warmup", "warmup_stable_decay")
+# warmup_stable_decay under a time budget: the rate is held until the last DECAY_FRACTION of the steps, then falls
+# linearly to min_lr_ratio. A fifth matched a cosine schedule's final loss in Hägele et al. 2024 ("Scaling Laws and
+# Compute-Optimal Training Beyond Fixed Training Durations"), and the held part does not depend on the run's length:
+# a copy of the run cooled down at any step is a finished run of that length (training/forecast.py)
+DECAY_FRACTION = 0.2
 _UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
@@ -47,20 +53,35 @@ class TimeBudget:
         self.warmup_steps = warmup_steps
         self.total_steps = 10 ** 9  # unknown until measured; the schedule stays in warmup until then
         self.measured = False
+        # work still to come besides the run's own steps (--forecast's cooled-down copies): steps as a share of
+        # the run's total, and seconds
+        self.reserve_share = 0.0
+        self.reserve_s = 0.0
 
     def remaining(self) -> float:
         return self.deadline - time.time()
 
 
+def decay_factor(done: int, steps: int, floor: float = 0.0) -> float:
+    """The learning rate's factor at the `done`-th of a cool-down's `steps` steps (1-based): linear to `floor`."""
+    return 1.0 - (1.0 - floor) * min(max(done / max(steps, 1), 0.0), 1.0)
+
+
+def decay_steps(total: int) -> int:
+    """warmup_stable_decay's cool-down steps in a run of `total` steps."""
+    return max(round(DECAY_FRACTION * total), 1)
+
+
 def budget_schedule(optimizer, budget: TimeBudget, kind: str, min_lr_rate: float = 0.0):
     """A LambdaLR whose length is `budget.total_steps`, read at every step: linear warmup, then cosine (to
-    min_lr_rate), linear decay, or constant."""
+    min_lr_rate), linear decay, constant, or constant then a linear cool-down over the last DECAY_FRACTION of the
+    steps (warmup_stable_decay, to min_lr_rate)."""
     from torch.optim.lr_scheduler import LambdaLR
 
     if kind not in BUDGET_SCHEDULES:
         raise ConfigError(f"--time_budget works with the schedules {', '.join(BUDGET_SCHEDULES)}; got "
                           f"'{kind}' (its length must follow the measured number of steps)")
-    floor = min_lr_rate if kind == "cosine_with_min_lr" else 0.0
+    floor = min_lr_rate if kind in ("cosine_with_min_lr", "warmup_stable_decay") else 0.0
 
     def factor(step: int) -> float:
         total = max(budget.total_steps, 1)
@@ -69,6 +90,10 @@ def budget_schedule(optimizer, budget: TimeBudget, kind: str, min_lr_rate: float
             return (step + 1) / max(warmup, 1)
         if kind == "constant_with_warmup":
             return 1.0
+        if kind == "warmup_stable_decay":
+            # the last step (index total - 1) is the cool-down's last
+            cool = decay_steps(total)
+            return decay_factor(step - (total - cool) + 1, cool, floor)
         # the optimizer's last step (index total - 1) gets the final rate
         progress = min(max((step - warmup + 1) / max(total - warmup, 1), 0.0), 1.0)
         if kind == "linear":
@@ -156,8 +181,11 @@ class BudgetCallback(TrainerCallback):
                                                                             else 0)
         # the final evaluation with samples, the folder, its plot and cards (a smaller fixed part in a short budget)
         final = eval_cost + 2 * save_cost + min(2.0, 0.1 * self.budget.seconds)
-        more = int(max(self.budget.remaining() - final, 0) / per_step)
-        total = state.global_step + more
+        # the run's total T: its (T - now) steps at per_step each, and reserve_share * T extra steps at the bare step
+        # time (copies cooled down on the way), in what is left
+        left = max(self.budget.remaining() - final - self.budget.reserve_s, 0)
+        total = int((left + state.global_step * per_step) / (per_step + self.budget.reserve_share * recent))
+        total = max(total, state.global_step)
         first = not self.budget.measured
         self.budget.total_steps, self.budget.measured = total, True
         state.max_steps = max(total, state.global_step)  # progress and ETA follow the estimate

@@ -51,7 +51,7 @@ class TinyTrainer(Trainer):
             self.lr_scheduler = budget_schedule(optimizer or self.optimizer, self.budget,
                                                 str(getattr(self.args.lr_scheduler_type, "value",
                                                             self.args.lr_scheduler_type)),
-                                                kwargs.get("min_lr_rate", 0.0))
+                                                kwargs.get("min_lr_rate", kwargs.get("min_lr_ratio", 0.0)))
         return self.lr_scheduler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

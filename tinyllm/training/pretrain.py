@@ -43,6 +43,7 @@ from tinyllm.training.arguments import PretrainingArguments
 from tinyllm.training.budget import BudgetCallback, TimeBudget
 from tinyllm.training.callbacks import DoctorCallback, InterruptCallback, KeepBestCallback, SampleCallback, TinyTrainer
 from tinyllm.training.estimate import estimate
+from tinyllm.training.forecast import ForecastCallback
 from tinyllm.training.recovery import (
     RunSetup,
     check_checkpoint_matches,
@@ -201,8 +202,18 @@ def _train(model, tokenizer, model_args: ModelArguments, data: DataArguments, ar
     for key, value in compile_loader_settings(args, None if data.streaming else len(lm.train)).items():
         setattr(args, key, value)
 
+    forecaster = None
+    if args.forecast:
+        if lm.eval is None or data.streaming:
+            logger.warning("--forecast skipped: it needs a held-out set and a corpus read in any order (not "
+                           "--streaming)")
+        else:
+            kwargs = args.lr_scheduler_kwargs or {}
+            forecaster = ForecastCallback(budget, lm.train, lm.eval, plan["tokens_per_step"], lm.train_tokens,
+                                          kwargs.get("min_lr_ratio", 0.0), args.seed, resume)
+
     def make_trainer(m):
-        return TinyTrainer(
+        trainer = TinyTrainer(
             model=m, args=args, train_dataset=lm.train, eval_dataset=lm.eval, data_collator=default_data_collator,
             processing_class=tokenizer,
             callbacks=[sampler, doctor, interrupt] + ([keeper] if keeper else []) + (
@@ -211,6 +222,10 @@ def _train(model, tokenizer, model_args: ModelArguments, data: DataArguments, ar
             eval_tokens_per_char=lm.eval_tokens_per_char, entropy_floor=floor,
             optimizer_cls_and_kwargs=args.optimizer_factory(), budget=budget,
         )
+        if forecaster:  # after the budget callback: a copy's steps are not counted as the run's
+            forecaster.trainer = trainer
+            trainer.add_callback(forecaster)
+        return trainer
 
     start = time.time()
     trainer, result = train_with_recovery(make_trainer, model, args, resume, interrupt,
@@ -226,6 +241,14 @@ def _train(model, tokenizer, model_args: ModelArguments, data: DataArguments, ar
         logger.info("--keep_best: the weights of step %d (validation loss %.4f) replace the last ones (%.4f at step "
                     "%d: the held-out loss rose on the way)", keeper.best_step, metrics["eval_loss"],
                     last, trainer.state.global_step)
+    if forecaster:
+        metrics.update(forecaster.summary())
+        if "forecast_eval_loss" in metrics and "eval_loss" in metrics:
+            logger.info("forecast: %.4f predicted at step %d of %d, %.4f measured (%+.1f%%)",
+                        metrics["forecast_eval_loss"], metrics["forecast_at_step"], trainer.state.global_step,
+                        metrics["eval_loss"], 100 * (metrics["forecast_eval_loss"] / metrics["eval_loss"] - 1))
+        if trainer.is_world_process_zero():
+            forecaster.write(args.output_dir)
     metrics["train_tokens"] = lm.train_tokens
     if floor is not None:
         metrics["entropy_floor_bits_per_char"] = round(floor, 4)

@@ -9,9 +9,8 @@ Stages, in order, each the same tinyllm command a user would run by hand (the re
   probe      tokens per second of each candidate shape on this device (training/probe.py)
   plan       the shape whose budget buys ~8 tokens per parameter, its batch, learning rate and tokens
              (training/sizing.py)
-  calibrate  two short pretraining runs of the smallest shape: this corpus's loss curve in seconds (the
-             predicted loss), and the trainer's real speed
-  pretrain   `tinyllm pretrain --time_budget <its share>`
+  pretrain   `tinyllm pretrain --time_budget <its share> --forecast true`: the final held-out loss predicted at
+             40% of the steps from copies of the run cooled down early (training/forecast.py)
   sft        `tinyllm sft --time_budget <its share>` when question-answer data is given (builtin_qa for builtin)
   eval       `tinyllm eval`
   export     `tinyllm export --format gguf` (GGUF + Ollama Modelfile)
@@ -56,7 +55,7 @@ _OPTION_KEYS = ("time_budget", "sft_dataset_name", "tokenizer_type", "vocab_size
                 "export_gguf")
 
 
-_STAGE_FOLDERS = {"calibrate": ".calibration", "sft": "chat"}
+_STAGE_FOLDERS = {"sft": "chat"}
 
 
 class Interrupted(TinyLLMError):
@@ -224,7 +223,10 @@ class Speedrun(SizingStages):
         m = json.loads((folder / "all_results.json").read_text())
         self.finish("pretrain", started, loss=m.get("eval_loss"), bits_per_byte=m.get("eval_bits_per_byte"),
                     steps=m.get("time_budget_steps"), tokens=(m.get("time_budget_steps") or 0) * c["tokens_per_step"],
-                    **{k: m[k] for k in ("keep_best_step", "last_step_eval_loss") if k in m})
+                    **{k: m[k] for k in ("keep_best_step", "last_step_eval_loss") if k in m},
+                    **{k.replace("forecast_eval_", "forecast_"): m[k] for k in
+                       ("forecast_eval_loss", "forecast_at_step", "forecast_total_steps", "forecast_exponent",
+                        "forecast_accelerating", "forecast_seconds", "forecast_skipped") if k in m})
         for ckpt in folder.glob("checkpoint-*"):  # the final folder is complete; checkpoints were for resuming
             shutil.rmtree(ckpt, ignore_errors=True)
         return folder
@@ -373,14 +375,12 @@ def run_speedrun(sp: SpeedrunArguments, data: DataArguments, run_command: Callab
             run.state["spent_s"] = 0.0
             run.state_path.write_text(json.dumps(run.state, indent=2, ensure_ascii=False) + "\n")
         return 0
-    plan = run.calibrate(plan, tokenizer_dir)
-    c = plan["choice"]
-    low, high = plan.get("curve", {}).get("predicted_range", (None, None))
-    print(f"calibrated on this corpus: predicted validation loss {c['predicted_loss']:.3f}"
-          + (f" ({low:.3f}-{high:.3f} for the curve's exponent from {sizing.EXPONENT_RANGE[0]:g} to "
-             f"{sizing.EXPONENT_RANGE[1]:g})" if low is not None else "")
-          + f" after {c['tokens'] / 1e6:.2f}M tokens of {c['shape']['name']}", flush=True)
     base = run.pretrain(plan, tokenizer_dir)
+    pre = run.stage("pretrain")
+    if pre.get("forecast_loss") is not None and pre.get("loss") is not None:
+        print(f"pretrain: validation loss {pre['loss']:.3f}; forecast {pre['forecast_loss']:.3f} at step "
+              f"{pre['forecast_at_step']:,} of {pre['steps']:,} ({pre['forecast_loss'] / pre['loss'] - 1:+.1%})",
+              flush=True)
     chat = run.sft(base)
     final = chat or base
     run.evaluate(final)

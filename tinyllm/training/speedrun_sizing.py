@@ -1,14 +1,12 @@
 """The speedrun's sizing stages: the shares of the budget, the probe and the plan, the check of the corpus's epochs,
-the two calibration runs and the plan again, and the flags of `tinyllm pretrain` that carry it out. A mixin of
+and the flags of `tinyllm pretrain` that carry it out (with --forecast: the final loss predicted on the way). A mixin of
 speedrun.Speedrun, which holds the run's state and runs the commands (`state`, `stage`, `done`, `finish`, `command`,
 `save`, `left`, `elapsed`, `total`, `sp`, `device`, `sft_name`, `out`, `eval_max_tokens`, `data_flags`); the rule
 itself, pure arithmetic, is sizing.py's."""
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -16,12 +14,19 @@ from tinyllm.errors import ConfigError, DataError
 from tinyllm.training import sizing
 from tinyllm.training.probe import measure_speeds, micro_batch_for
 
-__all__ = ["SizingStages", "MIN_PRETRAIN_STEPS", "CALIBRATION_PARTS", "KEEP_BEST_EPOCHS", "ceil_budget"]
+__all__ = ["SizingStages", "MIN_PRETRAIN_STEPS", "KEEP_BEST_EPOCHS", "FORECAST_COST", "ceil_budget"]
 
 MIN_PRETRAIN_STEPS = 150
-# the calibration stage's two runs, as parts of its time: two points of the loss curve, far enough apart in
-# seconds to give its slope, the shorter still past the warmup
-CALIBRATION_PARTS = (0.3, 0.7)
+# the share of the pretraining's training time its --forecast takes (copies cooled down at 10/20/40% of the steps,
+# each for a quarter of the steps before it: 0.175 of the run's steps on top of them)
+FORECAST_COST = 0.175 / 1.175
+# the pretraining command's own start-up (imports, data, model) and final evaluation and save, in seconds: 0.4-1.2 s
+# for the calibration runs of the 2/5/15-minute grid (docs/speedrun.md)
+PRETRAIN_OVERHEAD_S = 1.5
+# the trainer's tokens per second over the probe's bare loop: 0.75-1.19 (median 0.91) on the 2/5/15-minute grid's
+# nine runs, 0.77 on a 2-minute built-in run of 3x96 with 13 sequences a step (docs/speedrun.md). The lowest: a
+# batch sized on a faster guess gives fewer steps than TARGET_STEPS (928 instead of ~1,160 there), more does not
+TRAINER_SPEED = 0.75
 # past this many epochs the pretraining run is evaluated on the way and keeps its best weights: the 800 KB
 # TinyStories slice given 5 minutes (4x128, 13.5 epochs) ended worse than given 2 minutes (docs/speedrun.md)
 KEEP_BEST_EPOCHS = 4.0
@@ -31,22 +36,16 @@ KEEP_BEST_EVALUATIONS = 6
 class SizingStages:
     """The sizing stages of speedrun.Speedrun (see the module's docstring for what they use of it)."""
 
-    def shares(self, calibrated: bool = False) -> dict:
-        """Seconds for what follows the probe (the calibration run once `calibrated`), from what is left now."""
+    def shares(self) -> dict:
+        """Seconds for what follows the probe, from what is left now."""
         left = self.left()
         sft = 0.2 * left if self.sft_name else 0.0
         # measured on a 2-core CPU (benchmarks/speedrun_grid.py): eval ~1 s for these models (a bounded held-out
         # set, 50 questions with SFT), export ~0.1 s
         evaluation = max(2.0, 0.01 * self.total) + (max(1.0, 0.005 * self.total) if self.sft_name else 0.0)
         export = max(1.0, 0.005 * self.total) if self.sp.export_gguf else 0.0
-        # two runs of the smallest shape, a quarter of what is left but at least 30 s (a third of a budget under ~2
-        # minutes) and at most 120 s. Points at 5 and 14 s, still in the curve's steep start, predicted 2-minute
-        # runs 12-24% off; at 6 and 20 s (12% of 5 minutes) 5-minute runs up to 14% off; the 15-minute runs' points at
-        # 27 and 70 s predicted the 2- and 5-minute runs of the same corpora within 3.2% (docs/speedrun.md). On the
-        # flat part of the curve the seconds taken from pretraining cost ~0.5% of its loss.
-        calibrate = 0.0 if calibrated else min(max(0.25 * left, min(30.0, 0.3 * left)), 120.0)
-        pretrain = left - sft - evaluation - export - calibrate - 0.005 * self.total
-        return {"calibrate": calibrate, "pretrain": pretrain, "sft": sft, "eval": evaluation, "export": export}
+        pretrain = left - sft - evaluation - export - 0.005 * self.total
+        return {"pretrain": pretrain, "sft": sft, "eval": evaluation, "export": export}
 
     def plan(self, corpus: dict) -> dict:
         if self.done("plan"):
@@ -62,7 +61,10 @@ class SizingStages:
         # bytes per token until the calibration run measures it on held-out text: the corpus's size over its tokens
         # (a Hub dataset's size is not known before reading: ~4, English BPE)
         per_token = corpus_bytes / (corpus["train_tokens"] + corpus["eval_tokens"]) if corpus_bytes else 4.0
-        choice = sizing.choose(speeds, shares["pretrain"] * 0.9, sizing.FIT, corpus["train_tokens"],
+        # the seconds that train: the pretraining's share less its start-up, final evaluation and forecast, at
+        # TRAINER_SPEED of the probe's tokens per second
+        training_s = max(shares["pretrain"] - PRETRAIN_OVERHEAD_S, 1.0) * (1 - FORECAST_COST) * TRAINER_SPEED
+        choice = sizing.choose(speeds, training_s, sizing.FIT, corpus["train_tokens"],
                                self.sp.tokenizer_type, self.sp.max_epochs, bytes_per_token=per_token)
         smallest = min(speeds, key=lambda s: s.non_embedding_params())
         need = MIN_PRETRAIN_STEPS * sizing.tokens_per_step(0, sizing.block_size_for(
@@ -89,73 +91,13 @@ class SizingStages:
                             f"add almost nothing); give more text, --time_budget {ceil_budget(needed)}, or "
                             f"--max_epochs {math.ceil(c['epochs'])}")
 
-    def calibrate(self, plan: dict, tokenizer_dir: Path) -> dict:
-        """The smallest shape (the most steps per second) trained twice with a full schedule on this corpus, for
-        about a third and two thirds of the stage's time: the two held-out losses give this corpus's loss curve in
-        training seconds (sizing.TimeCurve, the predicted loss), the longer run the trainer's real speed (the probe's
-        bare loop runs faster than Trainer's step) and the held-out bytes per token. Then the plan again."""
-        if self.done("calibrate"):
-            return self.state["plan"]
-        started = time.time()
-        cands = [sizing.Candidate.from_dict(d) for d in plan["choice"]["candidates"]]
-        small = min(cands, key=lambda x: x.params)
-        block = sizing.block_size_for(small.shape, self.sp.tokenizer_type)
-        folder = self.out / ".calibration"
-        per_step = sizing.tokens_per_step(0, block)  # the fewest tokens per step: the most steps in the time
-        runs = []
-        for part in CALIBRATION_PARTS:
-            run_started = time.time()
-            flags = self.pretrain_flags(small.shape, block, sizing.lr_for_width(small.shape.n_embd), per_step, 200,
-                                        tokenizer_dir, folder, part * plan["shares"]["calibrate"])
-            self.command("calibrate", "pretrain", [*flags, "--save_steps", 10 ** 6, "--sample_max_new_tokens", 8,
-                                                   "--overwrite_output_dir", "true"])
-            m = json.loads((folder / "all_results.json").read_text())
-            shutil.rmtree(folder, ignore_errors=True)
-            tokens = m["time_budget_steps"] * per_step
-            runs.append({"seconds": round(m["train_runtime"], 2), "loss": m["eval_loss"], "tokens": tokens,
-                         "bits_per_byte": m.get("eval_bits_per_byte"),
-                         "overhead_s": round(max(time.time() - run_started - m["train_runtime"], 0.0), 1),
-                         "effective_s": round(sizing.effective_seconds(m["train_runtime"], tokens,
-                                                                        plan["train_tokens"]), 2)})
-        short, long = runs
-        if long.get("bits_per_byte"):  # held-out bytes per token, measured: nats per token / nats per byte
-            plan["bytes_per_token"] = round(long["loss"] / (math.log(2) * long["bits_per_byte"]), 3)
-        # the curve in seconds, and the same two runs in parameters and tokens: what the corpus allows each shape
-        # when its data runs out
-        unique = plan["train_tokens"]
-        curve, bound = sizing.through_calibration(short, long, small.params, unique, plan["bytes_per_token"])
-        curve_info = {"E": round(curve.E, 4), "K": round(curve.K, 4), "g": curve.g,
-                      "loss_model": {"E": round(bound.E, 4), "B": round(bound.B, 2)}}
-        ratio = long["tokens"] / long["seconds"] / small.tokens_per_second
-        self.finish("calibrate", started, planned_s=round(plan["shares"]["calibrate"], 1), shape=small.shape.name,
-                    runs=runs, loss=long["loss"], tokens=long["tokens"], curve=curve_info,
-                    trainer_tokens_per_s=round(long["tokens"] / long["seconds"]), probe_ratio=round(ratio, 3),
-                    overhead_s=long["overhead_s"])
-        # the plan again: every shape at the trainer's speed (the ratio measured here), this corpus's loss curve,
-        # and the pretraining stage's own start-up and final evaluation (the calibration run's overhead) taken out
-        shares = self.shares(calibrated=True)
-        speeds = {x.shape: x.tokens_per_second * ratio for x in cands}
-        choice = sizing.choose(speeds, max(shares["pretrain"] - long["overhead_s"], 1.0), bound, unique,
-                               self.sp.tokenizer_type, self.sp.max_epochs, bytes_per_token=plan["bytes_per_token"],
-                               curve=curve)
-        # how much the prediction rests on the curve's exponent: the same two runs with g = 0.5 and 1.0 (two points
-        # early on the curve, as in a short budget, leave a wide range)
-        best = next(x for x in choice.candidates if x.shape == choice.shape)
-        spread = [sizing.predicted_loss(best.params, best.tokens, best.tokens_per_second, unique, bound,
-                                        sizing.through_calibration(short, long, small.params, unique,
-                                                                   plan["bytes_per_token"], g)[0],
-                                        plan["bytes_per_token"]) for g in sizing.EXPONENT_RANGE]
-        plan.update({"choice": choice.to_dict(), "shares": {k: round(v, 1) for k, v in shares.items()},
-                     "curve": {**curve_info, "predicted_range": [round(min(spread), 4), round(max(spread), 4)]}})
-        self.state["plan"] = plan
-        self.save()
-        return plan
-
     def pretrain_flags(self, shape: sizing.Shape, block: int, lr: float, per_step: int, steps: int,
                        tokenizer_dir: Path, folder: Path, seconds: float, epochs: float | None = None) -> list:
-        """`tinyllm pretrain`'s flags for this shape. A run that repeats the corpus more than KEEP_BEST_EPOCHS times
-        is evaluated KEEP_BEST_EVALUATIONS times on the way and keeps its best weights (--keep_best): it may
-        overfit before the end."""
+        """`tinyllm pretrain`'s flags for this shape: warmup, a held rate and a linear cool-down over the last fifth
+        of the steps that fit (warmup_stable_decay, to zero), the final held-out loss forecast from copies cooled
+        down at 10/20/40% of them (--forecast, training/forecast.py). A run that repeats the corpus more than
+        KEEP_BEST_EPOCHS times is evaluated KEEP_BEST_EVALUATIONS times on the way and keeps its best weights
+        (--keep_best): it may overfit before the end."""
         keep = bool(epochs and epochs > KEEP_BEST_EPOCHS)
         evals = ["--eval_steps", max(steps // KEEP_BEST_EVALUATIONS, 10), "--keep_best", "true"] if keep else \
             ["--eval_steps", 10 ** 6]
@@ -166,7 +108,8 @@ class SizingStages:
                 "--block_size", block, "--per_device_train_batch_size", micro,
                 "--gradient_accumulation_steps", max(per_step // (micro * block), 1),
                 "--learning_rate", f"{lr:.3g}", "--warmup_steps", max(min(steps // 20, 100), 5),
-                "--time_budget", f"{max(seconds, 1):.0f}s", *evals, "--logging_steps",
+                "--time_budget", f"{max(seconds, 1):.0f}s", "--lr_scheduler_type", "warmup_stable_decay",
+                "--lr_scheduler_kwargs", '{"min_lr_ratio": 0.0}', "--forecast", "true", *evals, "--logging_steps",
                 max(steps // 40, 5), "--eval_max_tokens", self.eval_max_tokens,
                 "--report_to", "none", "--precision", self.sp.precision, "--seed", self.sp.seed,
                 "--output_dir", folder]

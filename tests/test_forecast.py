@@ -1,0 +1,146 @@
+"""`pretrain --forecast`: the warmup-stable-decay schedule under a time budget, the power law through the cooled-down
+copies, copies that leave the run exactly as it was, the budget that reserves their steps, and a budgeted run that
+writes its forecast."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from helpers import TINY_MODEL_ARGS, assert_user_error, run_inprocess
+from tinyllm.training.budget import DECAY_FRACTION, TimeBudget, budget_schedule
+from tinyllm.training.forecast import EXPONENT_BOUNDS, FORECAST_AT, ForecastCallback, PowerLaw, cool_down_steps
+
+
+def test_warmup_stable_decay_holds_the_rate_then_cools_down_the_last_fifth():
+    import torch
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    budget = TimeBudget(60, warmup_steps=10)
+    factor = budget_schedule(opt, budget, "warmup_stable_decay", min_lr_rate=0.1).lr_lambdas[0]
+    assert factor(500) == 1.0  # before the run's length is measured: held
+    budget.total_steps, budget.measured = 200, True
+    cool = round(DECAY_FRACTION * 200)
+    assert factor(5) == pytest.approx(0.6) and factor(100) == 1.0 and factor(200 - cool - 1) == 1.0
+    assert factor(200 - cool) == pytest.approx(1 - 0.9 / cool)  # the cool-down's first step
+    assert factor(199) == pytest.approx(0.1)  # the last step gets the floor
+    budget.total_steps = 400  # the machine sped up: step 180 is back in the held part
+    assert factor(180) == 1.0
+
+
+def test_the_power_law_through_three_points_recovers_the_curve():
+    true = PowerLaw(E=1.5, K=30.0, g=0.6)
+    points = [(x, true.predict(x)) for x in (100, 250, 500)]
+    fitted = PowerLaw.through3(list(reversed(points)))  # any order
+    assert fitted.g == pytest.approx(0.6, abs=1e-6)
+    assert fitted.E == pytest.approx(1.5, abs=1e-6) and fitted.predict(1000) == pytest.approx(true.predict(1000))
+    # a fall that looks log-linear (the steep start) is clipped to the flattest exponent allowed
+    loglinear = [(x, 5.0 - 0.3 * math.log(x)) for x in (100, 200, 400)]
+    assert PowerLaw.through3(loglinear).g == EXPONENT_BOUNDS[0]
+    # a drop that speeds up in log tokens (a phase change under way) is flagged
+    assert PowerLaw.accelerating([(100, 0.83), (200, 0.75), (400, 0.44)])
+    assert not PowerLaw.accelerating(points) and not PowerLaw.accelerating(loglinear)
+    # losses that stop falling: flat at the last level, never an extrapolated rise or fall
+    assert PowerLaw.through3([(100, 3.0), (200, 2.5), (400, 2.6)]).predict(10 ** 6) == pytest.approx(2.5)
+    assert PowerLaw.through3([(100, 3.0), (200, 3.1), (400, 2.9)]).predict(400) == pytest.approx(2.9)
+
+
+def test_a_copy_is_cooled_down_as_the_run_cools_down_its_last_fifth():
+    for step in (40, 100, 401):
+        cool = cool_down_steps(step)
+        assert cool / (step + cool) == pytest.approx(DECAY_FRACTION, abs=1 / step)
+
+
+def _tiny_trainer(tmp_path, callbacks, steps=24):
+    import torch
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16))
+    g = torch.Generator().manual_seed(1)
+    rows = torch.randint(0, 64, (96, 16), generator=g).tolist()
+    train = Dataset.from_dict({"input_ids": rows[:80], "labels": rows[:80]})
+    held = Dataset.from_dict({"input_ids": rows[80:], "labels": rows[80:]})
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=4,
+                             learning_rate=3e-3, lr_scheduler_type="constant", report_to="none", save_strategy="no",
+                             logging_strategy="no", use_cpu=True, seed=0, data_seed=0, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=callbacks)
+    return trainer, train, held
+
+
+def test_the_copies_leave_the_run_exactly_as_it_was(tmp_path):
+    """Three copies cooled down on the way (each trains, scores, and is put back): the run's own weights at the end
+    are bit for bit those of the same run without them. Without putting the optimizer's state back, they differ."""
+    import torch
+
+    plain, _, _ = _tiny_trainer(tmp_path / "a", [])
+    plain.train()
+    budget = SimpleNamespace(measured=True, total_steps=24, reserve_share=0.0, reserve_s=0.0)
+    forecaster = ForecastCallback(budget, None, None, tokens_per_step=64, unique_tokens=None)
+    forecasted, train, held = _tiny_trainer(tmp_path / "b", [forecaster])
+    forecaster.train, forecaster.eval, forecaster.trainer = train, held, forecasted
+    forecasted.train()
+    assert [p["step"] for p in forecaster.points] == [math.ceil(a * 24) for a in FORECAST_AT]  # 3, 5, 10
+    assert all(p["steps"] == p["step"] + cool_down_steps(p["step"]) for p in forecaster.points)
+    assert forecaster.result and forecaster.result["total_steps"] == 24
+    for (name, a), b in zip(plain.model.state_dict().items(), forecasted.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_the_budget_reserves_the_copies_steps(monkeypatch):
+    from tinyllm.training import budget as budget_module
+    from tinyllm.training.budget import BudgetCallback
+
+    def fits(share: float) -> int:
+        clock = [0.0]
+        monkeypatch.setattr(budget_module.time, "perf_counter", lambda: clock[0])
+        monkeypatch.setattr(budget_module.time, "time", lambda: 1000.0 + clock[0])
+        budget = TimeBudget(100, start=1000.0)
+        budget.reserve_share = share
+        cb = BudgetCallback(budget, probe_steps=5, every=10)
+        args = SimpleNamespace(eval_strategy="no", eval_steps=None, save_strategy="no", save_steps=None,
+                               per_device_train_batch_size=8, gradient_accumulation_steps=1)
+        state, control = SimpleNamespace(global_step=0, max_steps=0), SimpleNamespace(should_training_stop=False)
+        for step in range(1, 6):
+            cb.on_step_begin(args, state, control)
+            clock[0] += 0.1
+            state.global_step = step
+            cb.on_step_end(args, state, control, model=None)
+        return budget.total_steps
+
+    assert fits(0.175) == pytest.approx(fits(0.0) / 1.175, rel=0.01)
+
+
+def test_forecast_needs_the_schedule_it_cools_down(tmp_path, capsys):
+    code, _, err = run_inprocess(capsys, "pretrain", "--forecast", "true", "--time_budget", "1m",
+                                 "--output_dir", tmp_path / "x")
+    assert_user_error(code, err, "--forecast needs --time_budget and --lr_scheduler_type warmup_stable_decay")
+    code, _, err = run_inprocess(capsys, "pretrain", "--time_budget", "1m", "--lr_scheduler_type",
+                                 "warmup_stable_decay", "--lr_scheduler_kwargs", '{"num_decay_steps": 10}',
+                                 "--output_dir", tmp_path / "x")
+    assert_user_error(code, err, "takes only min_lr_ratio")
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_budgeted_run_forecasts_its_loss(tmp_path, capsys):
+    out = tmp_path / "m"
+    code, _, err = run_inprocess(capsys, "pretrain", "--dataset_name", "builtin", "--builtin_num_documents", "400",
+                                 "--vocab_size", "400", "--output_dir", out, "--time_budget", "25s",
+                                 "--eval_steps", "1000", "--learning_rate", "0.005", *TINY_MODEL_ARGS,
+                                 "--lr_scheduler_type", "warmup_stable_decay", "--forecast", "true")
+    assert code == 0, err
+    res = json.loads((out / "all_results.json").read_text())
+    saved = json.loads((out / "forecast.json").read_text())
+    assert [p["at"] for p in saved["points"]] == list(FORECAST_AT)
+    steps = [p["step"] for p in saved["points"]]
+    assert steps == sorted(steps) and steps[-1] < res["time_budget_steps"]
+    losses = [p["loss"] for p in saved["points"]]
+    assert losses[-1] < losses[0]  # the later copy, trained longer, is better
+    assert res["forecast_eval_loss"] == saved["forecast"]["loss"] > 0 and res["forecast_at_step"] == steps[-1]
+    assert "forecast:" in err and "predicted at step" in err
+    state = json.loads((out / "trainer_state.json").read_text())
+    lrs = [h["learning_rate"] for h in state["log_history"] if "learning_rate" in h]
+    assert lrs[-1] < 0.005 * 0.2 and max(lrs) == pytest.approx(0.005, rel=0.05)  # held, then cooled down

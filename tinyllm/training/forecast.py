@@ -1,0 +1,254 @@
+"""`--forecast`: the run's final held-out loss predicted while it trains, from copies of it cooled down early.
+
+Under `--time_budget` with `--lr_scheduler_type warmup_stable_decay` the learning rate is held until the last fifth
+of the steps (training/budget.py). A copy of the run taken at step s and cooled down for s/4 steps (a fifth of
+s + s/4) is a finished run of that length, as Hägele et al. 2024 ("Scaling Laws and Compute-Optimal Training Beyond
+Fixed Training Durations") take their scaling-law points from one run. At FORECAST_AT (10%, 20% and 40% of the
+steps the budget fits) the callback keeps the weights and the optimizer's state, cools a copy down on other batches
+of the training data, scores it on the held-out set, and puts the run back as it was. Through the three losses,
+against the tokens each copy was trained on (repeats counted less, as Muennighoff et al.'s D'), it fits
+L(D) = E + K / D^g (`PowerLaw.through3`: three points give the exponent too) and predicts the loss at the last step.
+
+The copies cost a quarter of the steps before each (17.5% of the run's steps), which the budget callback reserves;
+they use the run's own model, batch and data, so the prediction needs nothing measured elsewhere. One process only
+(a copy in DDP would need its own gradient synchronisation; the forecast is skipped there, with a message).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from tinyllm.training.budget import DECAY_FRACTION, decay_factor
+
+__all__ = ["FORECAST_AT", "PowerLaw", "ForecastCallback", "cool_down_steps"]
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "forecast_state.json"  # in each checkpoint
+# fractions of the run's steps where a copy is cooled down: each twice the one before, so that the three points are
+# evenly spaced in log tokens and the last (a finished run of half the steps) leaves a factor of two to extrapolate
+FORECAST_AT = (0.1, 0.2, 0.4)
+# the exponents a three-point fit may give, clipped: no flatter than Chinchilla's data term (beta = 0.28, Hoffmann
+# et al. 2022; the copy at a tenth of the steps is still on the steep start, whose fall alone looks log-linear: a Tiny
+# Shakespeare run's three points gave 0.11, a curve with a negative floor), and at most 3 (a corpus at its floor)
+EXPONENT_BOUNDS = (0.28, 3.0)
+
+
+def cool_down_steps(step: int) -> int:
+    """Steps that cool a copy taken at `step` down as warmup_stable_decay cools a run of step + these steps."""
+    return max(round(step * DECAY_FRACTION / (1 - DECAY_FRACTION)), 1)
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """L(x) = E + K / x^g."""
+
+    E: float
+    K: float
+    g: float
+
+    def predict(self, x: float) -> float:
+        return max(self.E + self.K * max(x, 1e-9) ** -self.g, 0.0)
+
+    @staticmethod
+    def accelerating(points: list[tuple[float, float]]) -> bool:
+        """Losses that fall faster in log tokens between the later copies than between the earlier ones: no power
+        law with a falling slope goes through them (a phase change under way: the built-in corpus's templates are
+        learned in a sudden drop), so the forecast is a guess."""
+        (x1, l1), (x2, l2), (x3, l3) = sorted(points)
+        import math
+
+        return l1 > l2 > l3 and (l2 - l3) / math.log(x3 / x2) > (1 + 1e-6) * (l1 - l2) / math.log(x2 / x1)
+
+    @classmethod
+    def through2(cls, x1: float, l1: float, x2: float, l2: float, g: float) -> "PowerLaw":
+        """Through two points (x1 < x2) with the exponent given; flat at the better loss if the later is no
+        better."""
+        if x2 <= x1 or l2 >= l1:
+            return cls(min(l1, l2), 0.0, g)
+        k = (l1 - l2) / (x1 ** -g - x2 ** -g)
+        return cls(l2 - k * x2 ** -g, k, g)
+
+    @classmethod
+    def through3(cls, points: list[tuple[float, float]]) -> "PowerLaw":
+        """Through three points (x increasing): the exponent from the ratio of the two drops, solved by bisection
+        and kept within EXPONENT_BOUNDS, then E and K through the last two. Losses that stop falling give a flat
+        curve at the last point's level (the run has reached what this shape gets from this data)."""
+        (x1, l1), (x2, l2), (x3, l3) = sorted(points)
+        lo, hi = EXPONENT_BOUNDS
+        if not (l1 > l2 > l3):
+            return cls.through2(x2, l2, x3, l3, hi) if l2 > l3 else cls(min(l2, l3), 0.0, hi)
+        ratio = (l1 - l2) / (l2 - l3)  # below drops(lo): falling faster and faster (`accelerating`), lo is kept
+
+        def drops(g: float) -> float:  # (x1^-g - x2^-g) / (x2^-g - x3^-g), increasing in g
+            return (x1 ** -g - x2 ** -g) / (x2 ** -g - x3 ** -g)
+
+        if ratio <= drops(lo):
+            g = lo
+        elif ratio >= drops(hi):
+            g = hi
+        else:
+            a, b = lo, hi
+            for _ in range(60):
+                mid = (a + b) / 2
+                a, b = (mid, b) if drops(mid) < ratio else (a, mid)
+            g = (a + b) / 2
+        return cls.through2(x2, l2, x3, l3, g)
+
+
+def effective(tokens: float, unique: float | None) -> float:
+    from tinyllm.training.sizing import effective_tokens
+
+    return effective_tokens(tokens, unique)
+
+
+class ForecastCallback(TrainerCallback):
+    """Cools copies of the run down at FORECAST_AT of its steps and predicts its final held-out loss (see the
+    module's docstring). `trainer` is set after the trainer is built; `budget` is the run's TimeBudget."""
+
+    def __init__(self, budget, train, evaluation, tokens_per_step: int, unique_tokens: float | None,
+                 floor: float = 0.0, seed: int = 0, resume: str | None = None):
+        self.budget, self.train, self.eval = budget, train, evaluation
+        self.tokens_per_step, self.unique, self.floor, self.seed = tokens_per_step, unique_tokens, floor, seed
+        self.trainer = None
+        self.pending = list(FORECAST_AT)
+        self.points: list[dict] = []
+        self.result: dict | None = None
+        self.seconds = 0.0
+        self.skipped: str | None = None
+        kept = Path(resume, STATE_FILE) if resume else None
+        if kept and kept.is_file():  # resumed: the copies made before the checkpoint count
+            saved = json.loads(kept.read_text())
+            self.points, self.seconds = saved["points"], saved["seconds"]
+            self.pending = [a for a in FORECAST_AT if a not in {p["at"] for p in self.points}]
+        self._reserve()
+
+    def _reserve(self, eval_s: float = 1.0) -> None:
+        """What the copies still to come will cost: a share of the run's steps, and their evaluations."""
+        ratio = DECAY_FRACTION / (1 - DECAY_FRACTION)
+        self.budget.reserve_share = ratio * sum(self.pending)
+        self.budget.reserve_s = eval_s * len(self.pending)
+
+    def on_save(self, args, state, control, **kwargs):
+        """The copies made so far go into the checkpoint: a resumed run keeps them."""
+        folder = Path(args.output_dir, f"checkpoint-{state.global_step}")
+        if folder.is_dir() and state.is_world_process_zero:
+            Path(folder, STATE_FILE).write_text(json.dumps({"points": self.points, "seconds": self.seconds}))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.world_size > 1:
+            self.skip(f"{args.world_size} processes (the cooled-down copies run in one)")
+
+    def skip(self, why: str) -> None:
+        if self.pending:
+            logger.warning("--forecast skipped: %s", why)
+        self.skipped, self.pending = why, []
+        self._reserve()
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if not self.pending or not self.budget.measured or control.should_training_stop:
+            return
+        step = state.global_step
+        if step < self.pending[0] * self.budget.total_steps:
+            return
+        fraction = self.pending.pop(0)
+        started = time.perf_counter()
+        steps = cool_down_steps(step)
+        loss, eval_s = self.cool_down(args, model, steps)
+        seconds = time.perf_counter() - started
+        self.seconds += seconds
+        tokens = (step + steps) * self.tokens_per_step
+        self.points.append({"at": fraction, "step": step, "steps": step + steps, "tokens": tokens,
+                            "loss": round(loss, 4), "seconds": round(seconds, 2)})
+        logger.info("forecast: a copy at step %d cooled down for %d steps: held-out loss %.4f (%.1f s)", step, steps,
+                    loss, seconds)
+        self._reserve(eval_s)
+        if not self.pending and len(self.points) == len(FORECAST_AT):
+            self.predict(self.budget.total_steps)
+
+    def predict(self, total_steps: int) -> dict:
+        x = [(effective(p["tokens"], self.unique), p["loss"]) for p in self.points]
+        law = PowerLaw.through3(x)
+        final_tokens = total_steps * self.tokens_per_step
+        loss = law.predict(effective(final_tokens, self.unique))
+        self.result = {"loss": round(loss, 4), "at_step": self.points[-1]["step"], "total_steps": total_steps,
+                       "E": round(law.E, 4), "K": round(law.K, 4), "exponent": round(law.g, 3),
+                       "accelerating": PowerLaw.accelerating(x)}
+        if self.result["accelerating"]:
+            logger.warning("forecast: the copies' loss falls faster and faster (%s): a sudden drop under way, which "
+                           "no power law follows; the forecast below is a guess", " / ".join(
+                               f"{p['loss']:.3f}" for p in self.points))
+        logger.info("forecast: held-out loss %.4f at step %d (L = %.3f + %.3g / D^%.2f through the copies' %s)", loss,
+                    total_steps, law.E, law.K, law.g, " / ".join(f"{p['loss']:.3f}" for p in self.points))
+        return self.result
+
+    def cool_down(self, args, model, steps: int) -> tuple[float, float]:
+        """`steps` optimizer steps of a linear cool-down from the current rate, on random batches of the training
+        data, then the held-out loss (and the seconds scoring it took); the weights, the optimizer's state and the
+        random state are put back."""
+        import torch
+        from transformers import default_data_collator
+
+        from tinyllm.evaluation.scoring import mean_token_loss
+
+        trainer = self.trainer
+        optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        moments = optimizer.state_dict()
+        moments = {"state": {k: {n: (t.detach().clone() if torch.is_tensor(t) else t) for n, t in v.items()}
+                             for k, v in moments["state"].items()},
+                   "param_groups": [dict(g) for g in moments["param_groups"]]}
+        rng = torch.get_rng_state()
+        rates = [g["lr"] for g in optimizer.param_groups]
+        generator = torch.Generator().manual_seed(self.seed * 1000 + len(self.points))
+        micro, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
+        was_training = model.training
+        model.train()
+        try:
+            for done in range(1, steps + 1):
+                factor = decay_factor(done, steps, self.floor)
+                for group, rate in zip(optimizer.param_groups, rates):
+                    group["lr"] = rate * factor
+                for _ in range(accum):
+                    rows = torch.randint(len(self.train), (micro,), generator=generator).tolist()
+                    batch = trainer._prepare_inputs(default_data_collator([self.train[i] for i in rows]))
+                    with trainer.compute_loss_context_manager():
+                        loss = trainer.compute_loss(model, batch)
+                    (loss / accum).backward()
+                if args.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            scored = time.perf_counter()
+            held_out = mean_token_loss(model, self.eval, args.per_device_eval_batch_size)
+            scored = time.perf_counter() - scored
+        finally:
+            model.load_state_dict(weights)
+            optimizer.load_state_dict(moments)
+            for group, rate in zip(optimizer.param_groups, rates):
+                group["lr"] = rate
+            optimizer.zero_grad(set_to_none=True)
+            torch.set_rng_state(rng)
+            model.train(was_training)
+        return held_out, scored
+
+    def summary(self) -> dict:
+        """For all_results.json: the forecast (made at 40% of the steps), what it cost, or why it was skipped."""
+        if self.result:
+            return {"forecast_eval_loss": self.result["loss"], "forecast_at_step": self.result["at_step"],
+                    "forecast_total_steps": self.result["total_steps"], "forecast_exponent": self.result["exponent"],
+                    "forecast_accelerating": self.result["accelerating"], "forecast_seconds": round(self.seconds, 1)}
+        return {"forecast_skipped": self.skipped or f"the run ended before {FORECAST_AT[-1]:.0%} of its steps"}
+
+    def write(self, folder: str | Path) -> None:
+        """forecast.json: the copies' points, the fitted curve and the prediction."""
+        data = {"points": self.points, "forecast": self.result, "skipped": self.skipped,
+                "decay_fraction": DECAY_FRACTION, "at": list(FORECAST_AT), "unique_tokens": self.unique,
+                "tokens_per_step": self.tokens_per_step}
+        Path(folder, "forecast.json").write_text(json.dumps(data, indent=1) + "\n")
