@@ -13,7 +13,9 @@
    alpha and beta by grid search, E, A, B by least squares.
 Every run is a plain `tinyllm pretrain` with one shared tokenizer (BPE 2048, trained once), block 128, 16 sequences
 per step, evaluation only at the end on 65,536 held-out tokens. Runs are kept in runs.jsonl (rerunning skips the
-ones done). Prints Markdown tables for docs/speedrun.md and the constants for tinyllm/training/sizing.py.
+ones done). Prints Markdown tables for docs/speedrun.md and the learning-rate constants for
+tinyllm/training/sizing.py; the loss fit is the data behind TOKENS_PER_PARAM (the speedrun no longer predicts its loss
+with it: the pretraining run forecasts its own, training/forecast.py).
 """
 
 import argparse
@@ -181,8 +183,7 @@ def main():
     print(f"\nfit (nats per byte against bytes): A={f['A']:.3g} alpha={f['alpha']:.2f} B={f['B']:.4g} "
           f"beta={f['beta']:.2f}, E per corpus " + ", ".join(f"{Path(g).name} {e:.3f}" for g, e in f["E"].items())
           + f" (rmse {f['rmse']:.4f} nats per byte, {sum(map(len, rows.values()))} runs)")
-    print(f"sizing.py: FIT = LossModel(A={f['A']:.4g}, alpha={f['alpha']:.2f}, B={f['B']:.4g}, beta={f['beta']:.2f}); "
-          f"LR_AT_128 = {lr128:.2g}; LR_EXPONENT = {k:.2f}")
+    print(f"sizing.py: LR_AT_128 = {lr128:.2g}; LR_EXPONENT = {k:.2f}")
 
 
 def load(work: Path) -> dict:

@@ -12,15 +12,15 @@ import pytest
 
 from helpers import REPO, assert_user_error, run_cli, run_inprocess
 from tinyllm.training import sizing
-from tinyllm.training.sizing import FIT, Shape, TimeCurve, choose, effective_tokens
+from tinyllm.training.sizing import Shape, choose, effective_tokens
 
 SMALL, BIG = Shape(2, 2, 64), Shape(6, 6, 192)
 
 
 def test_more_time_buys_a_bigger_model():
     speeds = {SMALL: 40_000.0, Shape(4, 4, 128): 15_000.0, BIG: 5_000.0}
-    short = choose(speeds, 20, FIT, unique_tokens=None)
-    long = choose(speeds, 20_000, FIT, unique_tokens=None)
+    short = choose(speeds, 20, unique_tokens=None)
+    long = choose(speeds, 20_000, unique_tokens=None)
     assert short.shape.n_embd < long.shape.n_embd
     assert long.tokens == pytest.approx(speeds[long.shape] * 20_000)
     assert long.steps * long.tokens_per_step <= long.tokens
@@ -31,20 +31,20 @@ def test_the_shape_is_the_one_closest_to_the_measured_tokens_per_parameter():
     # the 2-minute Tiny Shakespeare plan measured on this CPU: 2x64 would see ~70 tokens per parameter, 3x96 ~10,
     # 4x128 ~2; 3x96 won there (2.43 against 2.51 bits per byte for 2x64)
     speeds = {SMALL: 73_553.0, Shape(3, 3, 96): 31_955.0, Shape(4, 4, 128): 15_526.0, BIG: 5_020.0}
-    choice = choose(speeds, 100, FIT, unique_tokens=None)
+    choice = choose(speeds, 100, unique_tokens=None)
     assert choice.shape == Shape(3, 3, 96)
     ratios = {c.shape: c.tokens_per_param for c in choice.candidates}
     assert ratios[SMALL] > sizing.TOKENS_PER_PARAM > ratios[Shape(4, 4, 128)]
     assert ratios[Shape(3, 3, 96)] == pytest.approx(31_955 * 100 / Shape(3, 3, 96).non_embedding_params())
     # another target moves the choice the way it should
-    assert choose(speeds, 100, FIT, None, tokens_per_param=60).shape == SMALL
-    assert choose(speeds, 100, FIT, None, tokens_per_param=1).shape == Shape(4, 4, 128)
+    assert choose(speeds, 100, None, tokens_per_param=60).shape == SMALL
+    assert choose(speeds, 100, None, tokens_per_param=1).shape == Shape(4, 4, 128)
 
 
 def test_a_small_corpus_is_capped_at_max_epochs_and_favours_size():
     speeds = {SMALL: 40_000.0, BIG: 5_000.0}
-    free = choose(speeds, 600, FIT, unique_tokens=None)
-    tight = choose(speeds, 600, FIT, unique_tokens=100_000, max_epochs=4)
+    free = choose(speeds, 600, unique_tokens=None)
+    tight = choose(speeds, 600, unique_tokens=100_000, max_epochs=4)
     assert tight.tokens <= 4 * 100_000
     assert tight.capped and tight.epochs > 4
     # repeated tokens are worth less: with the same time the small corpus pushes towards the bigger model
@@ -79,67 +79,6 @@ def test_rules_by_width_and_corpus_size():
                            1, 2, 0)
         model = AutoModelForCausalLM.from_config(cfg)
         assert model.num_parameters(exclude_embeddings=True) == shape.non_embedding_params()
-
-
-def test_loss_model_calibration_goes_through_the_point():
-    model = FIT.calibrated(2.5, 1e6, 1e7)
-    assert model.predict(1e6, 1e7) == pytest.approx(2.5)
-    assert model.predict(1e6, 1e8) < 2.5  # more tokens: lower loss
-    bpe = FIT.calibrated(4.0, 1e6, 1e6, bytes_per_token=4.0)
-    assert bpe.predict(1e6, 1e6, 4.0) == pytest.approx(4.0)
-
-
-def test_the_loss_model_counts_text_not_tokens():
-    """The same text as characters (1 byte each) or BPE tokens (4 bytes): the same loss per byte after the same
-    bytes, so a character run is predicted to learn less per token than a BPE run."""
-    chars, bpe = FIT.calibrated(1.0, 1e5, 4e6, 1.0), FIT.calibrated(4.0, 1e5, 1e6, 4.0)
-    assert chars.E == pytest.approx(bpe.E)
-    assert chars.predict(1e5, 4e7, 1.0) == pytest.approx(bpe.predict(1e5, 1e7, 4.0) / 4)
-
-
-def test_the_time_curve_goes_through_both_calibration_runs_and_predicts_the_chosen_run():
-    curve = TimeCurve.through(6.0, 3.4, 12.0, 3.1)
-    assert curve.predict(6.0) == pytest.approx(3.4) and curve.predict(12.0) == pytest.approx(3.1)
-    assert curve.E < curve.predict(600) < curve.predict(100) < 3.1  # more time, lower loss, never below E
-    assert TimeCurve.through(12.0, 3.1, 6.0, 3.4) == curve  # the order of the runs does not matter
-    flat = TimeCurve.through(6.0, 3.0, 12.0, 3.2)  # the longer run no better: no slope to extrapolate
-    assert flat.K == 0 and flat.predict(1000) == pytest.approx(3.0)
-    # the chosen shape's predicted loss is the curve's at its training seconds; seconds on a corpus repeated many
-    # times count less, as their tokens do
-    speeds = {SMALL: 40_000.0, Shape(4, 4, 128): 15_000.0}
-    fresh = choose(speeds, 100, FIT, unique_tokens=None, curve=curve)
-    assert fresh.predicted_loss == pytest.approx(curve.predict(fresh.seconds))
-    repeated = choose(speeds, 100, FIT, unique_tokens=100_000, curve=curve)
-    assert repeated.epochs > 4 and repeated.predicted_loss > fresh.predicted_loss
-    assert repeated.predicted_loss == pytest.approx(curve.predict(sizing.effective_seconds(
-        repeated.seconds, repeated.tokens, 100_000)))
-
-
-def test_the_loss_model_through_two_runs_bounds_a_prediction_when_the_corpus_runs_out():
-    """The two calibration runs in parameters and tokens give this corpus's E and B; a shape whose time would
-    repeat a small corpus many times is predicted no better than what its data allows (the 800 KB TinyStories
-    slice: a 6x192 model given 15 minutes, 14 epochs, ended no better than the 70 s calibration run)."""
-    model = FIT.through(1e5, 1e6, 3.3, 2.5e6, 3.1, bytes_per_token=3.0)
-    assert model.predict(1e5, 1e6, 3.0) == pytest.approx(3.3) and model.predict(1e5, 2.5e6, 3.0) == pytest.approx(3.1)
-    assert model.B > 0 and model.predict(1e5, 1e8, 3.0) < 3.1
-    assert FIT.through(1e5, 2.5e6, 3.1, 1e6, 3.3, 3.0) == model  # the order of the runs does not matter
-    flat = FIT.through(1e5, 1e6, 3.0, 2.5e6, 3.2, 3.0)  # no better with more tokens: no data term to extrapolate
-    assert flat.B == 0 and flat.predict(1e5, 1e9, 3.0) == pytest.approx(3.0)
-    curve = TimeCurve.through(25.0, 3.3, 52.0, 3.1)
-    speeds = {SMALL: 40_000.0, BIG: 4_000.0}
-    fresh = choose(speeds, 760, model, unique_tokens=None, curve=curve)  # fresh text: the time curve binds
-    assert fresh.predicted_loss == pytest.approx(curve.predict(fresh.seconds))
-    tight = choose(speeds, 760, model, unique_tokens=240_000, curve=curve, bytes_per_token=3.0)
-    timed = curve.predict(sizing.effective_seconds(tight.seconds, tight.tokens, 240_000))
-    assert tight.epochs > 10 and tight.predicted_loss > timed
-    assert tight.predicted_loss == pytest.approx(model.predict(tight.shape.non_embedding_params(),
-                                                               effective_tokens(tight.tokens, 240_000), 3.0))
-    assert any("what the corpus allows" in r for r in tight.reasons)
-    # repeated fewer than DATA_BOUND_EPOCHS times: the curve alone (a bigger model still turns time into loss)
-    mid = choose(speeds, 760, model, unique_tokens=470_000, curve=curve, bytes_per_token=3.0)
-    assert 4 < mid.epochs < sizing.DATA_BOUND_EPOCHS
-    assert mid.predicted_loss == pytest.approx(curve.predict(sizing.effective_seconds(mid.seconds, mid.tokens,
-                                                                                      470_000)))
 
 
 def test_keep_best_puts_the_best_evaluated_weights_back():

@@ -99,8 +99,9 @@ def test_a_slow_start_does_not_end_the_run_early(monkeypatch):
 
 
 def test_a_short_budget_is_not_eaten_by_the_final_reserve(monkeypatch):
-    """The speedrun's calibration: 10 s, ~3 s of start-up, 20 ms steps, a 512-sequence held-out set. The reserve
-    for the final evaluation and save (fixed parts sized for minutes) once left it one step."""
+    """A 10 s run (the speedrun's calibration runs were such): ~3 s of start-up, 20 ms steps, a 512-sequence
+    held-out set. The reserve for the final evaluation and save (fixed parts sized for minutes) once left it one
+    step."""
     steps, spent = _simulate(monkeypatch, 10, lambda step: 0.02, start_s=3.0, eval_sequences=512)
     assert steps > 150  # more than half of the 7 s left trains
     assert spent <= 10

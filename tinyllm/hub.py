@@ -53,8 +53,10 @@ def hardware_summary() -> str:
     return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
 
 
-def plot_loss(log_history: list[dict], path: Path, floor_nats: float | None = None, title: str = "") -> bool:
-    """Training and validation loss against steps, with the corpus entropy floor when known."""
+def plot_loss(log_history: list[dict], path: Path, floor_nats: float | None = None, title: str = "",
+              forecast: dict | None = None) -> bool:
+    """Training and validation loss against steps, with the corpus entropy floor when known and, for a run with
+    --forecast, its cooled-down copies, the curve through them and the forecast at the last step."""
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
     evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h and "step" in h]
     if not train and not evals:
@@ -71,6 +73,13 @@ def plot_loss(log_history: list[dict], path: Path, floor_nats: float | None = No
         ax.plot(*zip(*evals), "o-", label="validation loss", color="tab:orange")
     if floor_nats is not None:
         ax.axhline(floor_nats, ls="--", color="gray", label="corpus entropy floor")
+    if forecast and forecast.get("points"):
+        ax.plot([p["steps"] for p in forecast["points"]], [p["loss"] for p in forecast["points"]], "s",
+                color="tab:green", label="copies cooled down (validation)")
+        if forecast.get("curve") and forecast.get("forecast"):
+            ax.plot(*zip(*forecast["curve"]), "--", color="tab:green", label="curve through them")
+            ax.plot([forecast["forecast"]["total_steps"]], [forecast["forecast"]["loss"]], "*", ms=12,
+                    color="tab:red", label=f"forecast {forecast['forecast']['loss']:.3f}")
     save_figure(fig, ax, path, "step", "loss (nats / token)", title or "loss curve")
     return True
 

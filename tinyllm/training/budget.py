@@ -156,7 +156,7 @@ class BudgetCallback(TrainerCallback):
     def _guess_eval(self, args, step_s: float) -> float:
         """Before any evaluation was timed: a forward pass costs about a third of a training step per sequence
         (x1.5 for safety), plus a second for the samples and the bookkeeping (less in a budget under 20 s: a
-        fixed reserve would eat a short run, such as the speedrun's 10 s calibration); unknown size: 20 steps."""
+        fixed reserve would eat a short run, such as a 10 s one); unknown size: 20 steps."""
         if self.eval_sequences is None:
             return step_s * 20
         per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps

@@ -205,6 +205,7 @@ class ForecastCallback(TrainerCallback):
                              for k, v in moments["state"].items()},
                    "param_groups": [dict(g) for g in moments["param_groups"]]}
         rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         rates = [g["lr"] for g in optimizer.param_groups]
         generator = torch.Generator().manual_seed(self.seed * 1000 + len(self.points))
         micro, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
@@ -235,6 +236,8 @@ class ForecastCallback(TrainerCallback):
                 group["lr"] = rate
             optimizer.zero_grad(set_to_none=True)
             torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
             model.train(was_training)
         return held_out, scored
 
@@ -246,9 +249,17 @@ class ForecastCallback(TrainerCallback):
                     "forecast_accelerating": self.result["accelerating"], "forecast_seconds": round(self.seconds, 1)}
         return {"forecast_skipped": self.skipped or f"the run ended before {FORECAST_AT[-1]:.0%} of its steps"}
 
-    def write(self, folder: str | Path) -> None:
-        """forecast.json: the copies' points, the fitted curve and the prediction."""
-        data = {"points": self.points, "forecast": self.result, "skipped": self.skipped,
+    def data(self) -> dict:
+        """forecast.json: the copies' points, the fitted curve (as steps and losses, for the loss plot) and the
+        forecast."""
+        curve = []
+        if self.result:
+            law = PowerLaw(self.result["E"], self.result["K"], self.result["exponent"])
+            first, last = self.points[0]["steps"], max(self.result["total_steps"], self.points[-1]["steps"])
+            for i in range(25):
+                step = first * (last / first) ** (i / 24)
+                curve.append([round(step, 1), round(law.predict(effective(step * self.tokens_per_step, self.unique)),
+                                                     4)])
+        return {"points": self.points, "forecast": self.result, "curve": curve, "skipped": self.skipped,
                 "decay_fraction": DECAY_FRACTION, "at": list(FORECAST_AT), "unique_tokens": self.unique,
                 "tokens_per_step": self.tokens_per_step}
-        Path(folder, "forecast.json").write_text(json.dumps(data, indent=1) + "\n")

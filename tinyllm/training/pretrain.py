@@ -70,6 +70,7 @@ class Trained:
     samples: list[str]  # from the final model
     doctor: list[str]  # the training doctor's messages
     prompts: list[str]
+    forecast: dict | None = None  # --forecast: forecast.json's content
 
 
 def run_pretraining(model_args: ModelArguments, data: DataArguments, tok_args: TokenizerArguments,
@@ -247,8 +248,6 @@ def _train(model, tokenizer, model_args: ModelArguments, data: DataArguments, ar
             logger.info("forecast: %.4f predicted at step %d of %d, %.4f measured (%+.1f%%)",
                         metrics["forecast_eval_loss"], metrics["forecast_at_step"], trainer.state.global_step,
                         metrics["eval_loss"], 100 * (metrics["forecast_eval_loss"] / metrics["eval_loss"] - 1))
-        if trainer.is_world_process_zero():
-            forecaster.write(args.output_dir)
     metrics["train_tokens"] = lm.train_tokens
     if floor is not None:
         metrics["entropy_floor_bits_per_char"] = round(floor, 4)
@@ -259,7 +258,8 @@ def _train(model, tokenizer, model_args: ModelArguments, data: DataArguments, ar
     if trainer.is_world_process_zero():
         last = sampler.history[-1] if sampler.history else None
         samples = last[1] if last and last[0] == trainer.state.global_step else sampler.samples(trainer.model)
-    return Trained(trainer, metrics, seconds, samples, doctor.messages, prompts)
+    return Trained(trainer, metrics, seconds, samples, doctor.messages, prompts,
+                   forecaster.data() if forecaster else None)
 
 
 def _summary(trained: Trained, model_args: ModelArguments, data: DataArguments, plan: dict,
@@ -298,9 +298,11 @@ def _save_final(trained: Trained, tokenizer, tok_report: dict | None, model_args
         floor_nats = None
         if floor is not None and lm.eval_tokens_per_char:
             floor_nats = floor * math.log(2) / lm.eval_tokens_per_char
+        if trained.forecast is not None:
+            (staging / "forecast.json").write_text(json.dumps(trained.forecast, indent=1) + "\n")
         if args.plot_loss:
             plot_loss(trainer.state.log_history, staging / "loss_curve.png", floor_nats,
-                      f"{model.config.model_type} {model_args.preset} on {data.dataset_name}")
+                      f"{model.config.model_type} {model_args.preset} on {data.dataset_name}", trained.forecast)
         (staging / "samples.md").write_text("# Samples\n\n" + "\n\n".join(f"```\n{s}\n```" for s in trained.samples)
                                             + "\n", encoding="utf-8")
         card = CardInfo(

@@ -89,6 +89,9 @@ def write_card(run, final: Path, gguf: Path | None) -> Path:
         lines.append(f"Validation loss (nats per token) forecast {forecast:.3f} at step {pre['forecast_at_step']:,} of "
                      f"{pre.get('steps') or 0:,} (from copies cooled down early, below), achieved {pre['loss']:.3f}: "
                      f"the forecast was off by {error:+.1%}; bits per byte {pre.get('bits_per_byte')}.")
+    if (run.out / "pretrain" / "loss_curve.png").is_file():
+        lines += ["", "![pretraining loss, the forecast's cooled-down copies and the curve through them]"
+                      "(pretrain/loss_curve.png)", ""]
     if pre.get("keep_best_step") is not None:
         lines.append(f"Pretraining kept the weights of step {pre['keep_best_step']} of {pre.get('steps')} "
                      f"(--keep_best): the held-out loss rose after it, to {pre['last_step_eval_loss']:.3f} at the "

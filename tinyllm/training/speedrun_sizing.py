@@ -57,15 +57,10 @@ class SizingStages:
                                 self.device, max(shares["pretrain"], 1.0))
         self.finish("probe", started, speeds={s.name: round(v) for s, v in speeds.items()})
         shares = self.shares()  # the probe took some of the time
-        corpus_bytes = self.stage("tokenizer").get("corpus_bytes")
-        # bytes per token until the calibration run measures it on held-out text: the corpus's size over its tokens
-        # (a Hub dataset's size is not known before reading: ~4, English BPE)
-        per_token = corpus_bytes / (corpus["train_tokens"] + corpus["eval_tokens"]) if corpus_bytes else 4.0
         # the seconds that train: the pretraining's share less its start-up, final evaluation and forecast, at
         # TRAINER_SPEED of the probe's tokens per second
         training_s = max(shares["pretrain"] - PRETRAIN_OVERHEAD_S, 1.0) * (1 - FORECAST_COST) * TRAINER_SPEED
-        choice = sizing.choose(speeds, training_s, sizing.FIT, corpus["train_tokens"],
-                               self.sp.tokenizer_type, self.sp.max_epochs, bytes_per_token=per_token)
+        choice = sizing.choose(speeds, training_s, corpus["train_tokens"], self.sp.tokenizer_type, self.sp.max_epochs)
         smallest = min(speeds, key=lambda s: s.non_embedding_params())
         need = MIN_PRETRAIN_STEPS * sizing.tokens_per_step(0, sizing.block_size_for(
             smallest, self.sp.tokenizer_type)) / speeds[smallest]
@@ -75,8 +70,7 @@ class SizingStages:
                               f"give at least {ceil_budget(minimum)} (the fixed stages took {self.elapsed():.0f} s, "
                               f"{MIN_PRETRAIN_STEPS} steps of {smallest.name} need {need:.0f} s)")
         plan = {"choice": choice.to_dict(), "shares": {k: round(v, 1) for k, v in shares.items()},
-                "train_tokens": corpus["train_tokens"], "vocab_size": corpus["vocab_size"], "device": self.device,
-                "bytes_per_token": round(per_token, 3)}
+                "train_tokens": corpus["train_tokens"], "vocab_size": corpus["vocab_size"], "device": self.device}
         self.state["plan"] = plan
         self.stage("plan")["done"] = True
         self.save()
@@ -85,7 +79,9 @@ class SizingStages:
     def check_epochs(self, plan: dict) -> None:
         c = plan["choice"]
         if c["capped"]:
-            needed = c["seconds"] / 0.9 + (self.total - plan["shares"]["pretrain"])
+            # the budget whose pretraining share trains max_epochs (the plan's seconds are those of the capped tokens)
+            needed = c["seconds"] / ((1 - FORECAST_COST) * TRAINER_SPEED) + PRETRAIN_OVERHEAD_S + \
+                (self.total - plan["shares"]["pretrain"])
             raise DataError(f"the corpus is too small for {self.sp.time_budget}: {plan['train_tokens']:,} tokens would "
                             f"be repeated ~{c['epochs']:.0f} epochs (capped at {self.sp.max_epochs:g}: repeats beyond "
                             f"add almost nothing); give more text, --time_budget {ceil_budget(needed)}, or "
