@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import TrainerCallback
 
+from tinyllm.evaluation.scoring import mean_token_loss
 from tinyllm.training.budget import DECAY_FRACTION, decay_factor
+from tinyllm.training.sizing import effective_tokens
 
 __all__ = ["FORECAST_AT", "PowerLaw", "ForecastCallback", "cool_down_steps"]
 
@@ -62,8 +65,6 @@ class PowerLaw:
         law with a falling slope goes through them (a phase change under way: the built-in corpus's templates are
         learned in a sudden drop), so the forecast is a guess."""
         (x1, l1), (x2, l2), (x3, l3) = sorted(points)
-        import math
-
         return l1 > l2 > l3 and (l2 - l3) / math.log(x3 / x2) > (1 + 1e-6) * (l1 - l2) / math.log(x2 / x1)
 
     @classmethod
@@ -103,8 +104,6 @@ class PowerLaw:
 
 
 def effective(tokens: float, unique: float | None) -> float:
-    from tinyllm.training.sizing import effective_tokens
-
     return effective_tokens(tokens, unique)
 
 
@@ -195,8 +194,6 @@ class ForecastCallback(TrainerCallback):
         import torch
         from transformers import default_data_collator
 
-        from tinyllm.evaluation.scoring import mean_token_loss
-
         trainer = self.trainer
         optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
         weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -261,5 +258,6 @@ class ForecastCallback(TrainerCallback):
                 curve.append([round(step, 1), round(law.predict(effective(step * self.tokens_per_step, self.unique)),
                                                      4)])
         return {"points": self.points, "forecast": self.result, "curve": curve, "skipped": self.skipped,
-                "decay_fraction": DECAY_FRACTION, "at": list(FORECAST_AT), "unique_tokens": self.unique,
+                "decay_fraction": DECAY_FRACTION, "at": list(FORECAST_AT), "exponent_bounds": list(EXPONENT_BOUNDS),
+                "unique_tokens": self.unique,
                 "tokens_per_step": self.tokens_per_step}

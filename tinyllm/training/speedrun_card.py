@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 from tinyllm.formatting import fmt_duration
-from tinyllm.training.forecast import EXPONENT_BOUNDS
 
 __all__ = ["plan_text", "next_steps", "write_card", "CARD_FILE"]
 
@@ -38,7 +37,8 @@ def _forecast_line(pre: dict, folder: Path) -> str:
             f"of the steps before it, as the run cools down its last fifth "
             f"(warmup_stable_decay): {points}. Through them L(D) = {f['E']:.3f} + {f['K']:.4g} / D^{f['exponent']:g} "
             f"(D the effective tokens, repeats counted as Muennighoff et al.'s D'; the exponent from the three "
-            f"points, at least {EXPONENT_BOUNDS[0]:g}), at the {f['total_steps']:,} steps then expected: "
+            f"points, at least {data.get('exponent_bounds', [0.28])[0]:g}), at the {f['total_steps']:,} steps then "
+            f"expected: "
             f"{f['loss']:.3f} (training/forecast.py)"
             + ("; the copies' loss fell faster and faster (a sudden drop under way), which no power law follows: "
                "a guess" if f.get("accelerating") else ""))
