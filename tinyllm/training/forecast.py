@@ -29,7 +29,7 @@ from tinyllm.evaluation.scoring import mean_token_loss
 from tinyllm.training.budget import DECAY_FRACTION, decay_factor
 from tinyllm.training.sizing import effective_tokens
 
-__all__ = ["FORECAST_AT", "PowerLaw", "ForecastCallback", "cool_down_steps"]
+__all__ = ["FORECAST_AT", "COPIES_SHARE", "PowerLaw", "ForecastCallback", "cool_down_steps"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ STATE_FILE = "forecast_state.json"  # in each checkpoint
 # fractions of the run's steps where a copy is cooled down: each twice the one before, so that the three points are
 # evenly spaced in log tokens and the last (a finished run of half the steps) leaves a factor of two to extrapolate
 FORECAST_AT = (0.1, 0.2, 0.4)
+# a copy taken at step s cools down for s * COOL_DOWN_RATIO steps (a fifth of the finished run it stands for), so the
+# copies add COPIES_SHARE of the run's steps: 0.175
+COOL_DOWN_RATIO = DECAY_FRACTION / (1 - DECAY_FRACTION)
+COPIES_SHARE = COOL_DOWN_RATIO * sum(FORECAST_AT)
 # the exponents a three-point fit may give, clipped: no flatter than Chinchilla's data term (beta = 0.28, Hoffmann
 # et al. 2022; the copy at a tenth of the steps is still on the steep start, whose fall alone looks log-linear: a Tiny
 # Shakespeare run's three points gave 0.11, a curve with a negative floor), and at most 3 (a corpus at its floor)
@@ -45,7 +49,7 @@ EXPONENT_BOUNDS = (0.28, 3.0)
 
 def cool_down_steps(step: int) -> int:
     """Steps that cool a copy taken at `step` down as warmup_stable_decay cools a run of step + these steps."""
-    return max(round(step * DECAY_FRACTION / (1 - DECAY_FRACTION)), 1)
+    return max(round(step * COOL_DOWN_RATIO), 1)
 
 
 @dataclass(frozen=True)
@@ -103,10 +107,6 @@ class PowerLaw:
         return cls.through2(x2, l2, x3, l3, g)
 
 
-def effective(tokens: float, unique: float | None) -> float:
-    return effective_tokens(tokens, unique)
-
-
 class ForecastCallback(TrainerCallback):
     """Cools copies of the run down at FORECAST_AT of its steps and predicts its final held-out loss (see the
     module's docstring). `trainer` is set after the trainer is built; `budget` is the run's TimeBudget."""
@@ -130,8 +130,7 @@ class ForecastCallback(TrainerCallback):
 
     def _reserve(self, eval_s: float = 1.0) -> None:
         """What the copies still to come will cost: a share of the run's steps, and their evaluations."""
-        ratio = DECAY_FRACTION / (1 - DECAY_FRACTION)
-        self.budget.reserve_share = ratio * sum(self.pending)
+        self.budget.reserve_share = COOL_DOWN_RATIO * sum(self.pending)
         self.budget.reserve_s = eval_s * len(self.pending)
 
     def on_save(self, args, state, control, **kwargs):
@@ -172,10 +171,10 @@ class ForecastCallback(TrainerCallback):
             self.predict(self.budget.total_steps)
 
     def predict(self, total_steps: int) -> dict:
-        x = [(effective(p["tokens"], self.unique), p["loss"]) for p in self.points]
+        x = [(effective_tokens(p["tokens"], self.unique), p["loss"]) for p in self.points]
         law = PowerLaw.through3(x)
         final_tokens = total_steps * self.tokens_per_step
-        loss = law.predict(effective(final_tokens, self.unique))
+        loss = law.predict(effective_tokens(final_tokens, self.unique))
         self.result = {"loss": round(loss, 4), "at_step": self.points[-1]["step"], "total_steps": total_steps,
                        "E": round(law.E, 4), "K": round(law.K, 4), "exponent": round(law.g, 3),
                        "accelerating": PowerLaw.accelerating(x)}
@@ -255,8 +254,8 @@ class ForecastCallback(TrainerCallback):
             first, last = self.points[0]["steps"], max(self.result["total_steps"], self.points[-1]["steps"])
             for i in range(25):
                 step = first * (last / first) ** (i / 24)
-                curve.append([round(step, 1), round(law.predict(effective(step * self.tokens_per_step, self.unique)),
-                                                     4)])
+                loss = law.predict(effective_tokens(step * self.tokens_per_step, self.unique))
+                curve.append([round(step, 1), round(loss, 4)])
         return {"points": self.points, "forecast": self.result, "curve": curve, "skipped": self.skipped,
                 "decay_fraction": DECAY_FRACTION, "at": list(FORECAST_AT), "exponent_bounds": list(EXPONENT_BOUNDS),
                 "unique_tokens": self.unique,

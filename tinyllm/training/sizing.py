@@ -129,13 +129,6 @@ class Candidate:
     epochs: float | None  # uncapped: what the budget would buy
     tokens_per_param: float = 0.0  # effective tokens per parameter without embeddings
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "Candidate":
-        """The inverse of one of Choice.to_dict's candidates (a plan read back from speedrun.json)."""
-        layers, width = map(int, d["shape"].split("x"))
-        return cls(Shape(layers, d["n_head"], width), d["params"], d["tokens_per_second"], d["tokens"], d["epochs"],
-                   d["tokens_per_param"])
-
 
 @dataclass
 class Choice:

@@ -12,14 +12,15 @@ from pathlib import Path
 
 from tinyllm.errors import ConfigError, DataError
 from tinyllm.training import sizing
+from tinyllm.training.forecast import COPIES_SHARE
 from tinyllm.training.probe import measure_speeds, micro_batch_for
 
 __all__ = ["SizingStages", "MIN_PRETRAIN_STEPS", "KEEP_BEST_EPOCHS", "FORECAST_COST", "ceil_budget"]
 
 MIN_PRETRAIN_STEPS = 150
 # the share of the pretraining's training time its --forecast takes (copies cooled down at 10/20/40% of the steps,
-# each for a quarter of the steps before it: 0.175 of the run's steps on top of them)
-FORECAST_COST = 0.175 / 1.175
+# each for a quarter of the steps before it: COPIES_SHARE = 0.175 of the run's steps on top of them)
+FORECAST_COST = COPIES_SHARE / (1 + COPIES_SHARE)
 # the pretraining command's own start-up (imports, data, model) and final evaluation and save, in seconds: 0.4-1.2 s
 # for the calibration runs of the 2/5/15-minute grid (docs/speedrun.md)
 PRETRAIN_OVERHEAD_S = 1.5
