@@ -90,6 +90,30 @@ def test_the_copies_leave_the_run_exactly_as_it_was(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_keep_best_is_offered_the_cooled_down_copies(tmp_path):
+    """With --keep_best the copies' cooled weights compete with the run's evaluations: the best copy's weights (not
+    the run's at that step) are kept, put back at the end when better than the last, and score what the copy did."""
+    import torch
+
+    from tinyllm.evaluation.scoring import mean_token_loss
+    from tinyllm.training.callbacks import KeepBestCallback
+
+    budget = SimpleNamespace(measured=True, total_steps=24, reserve_share=0.0, reserve_s=0.0)
+    forecaster = ForecastCallback(budget, None, None, tokens_per_step=64, unique_tokens=None)
+    keeper = KeepBestCallback()
+    trainer, train, held = _tiny_trainer(tmp_path, [forecaster])
+    forecaster.train, forecaster.eval, forecaster.trainer, forecaster.keeper = train, held, trainer, keeper
+    trainer.train()
+    best = min(forecaster.points, key=lambda p: p["loss"])
+    assert keeper.best_loss == pytest.approx(best["loss"], abs=1e-4) and keeper.best_step == best["step"]
+    assert keeper.best_copy == f"a copy of step {best['step']} cooled down for {best['steps'] - best['step']} steps"
+    final = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert not keeper.restore_if_better(trainer.model, keeper.best_loss, 24)  # the last no worse: kept as it is
+    assert keeper.restore_if_better(trainer.model, keeper.best_loss + 1.0, 24)
+    assert any(not torch.equal(final[k], v) for k, v in trainer.model.state_dict().items())
+    assert mean_token_loss(trainer.model, held) == pytest.approx(keeper.best_loss, abs=1e-5)
+
+
 def test_the_budget_reserves_the_copies_steps(monkeypatch):
     from tinyllm.training import budget as budget_module
     from tinyllm.training.budget import BudgetCallback

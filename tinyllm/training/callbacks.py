@@ -268,24 +268,35 @@ class InterruptCallback(TrainerCallback):
 class KeepBestCallback(TrainerCallback):
     """--keep_best: a copy, on the CPU, of the weights at the lowest validation loss of the run's evaluations, to
     put back after training when the last weights are worse (a small corpus repeated many times overfits: its
-    held-out loss turns up before the end). A full copy per process: DDP's replicas, not FSDP's or DeepSpeed's
-    shards (arguments.check_keep_best refuses those)."""
+    held-out loss turns up before the end). With --forecast the copies cooled down on the way are offered too: a
+    cooled-down copy is a finished run of that length, better than the run's own weights at a held learning rate, and
+    in a run that overfits after it, better than the end. A full copy per process: DDP's replicas, not FSDP's or
+    DeepSpeed's shards (arguments.check_keep_best refuses those)."""
 
     def __init__(self):
         self.best_loss = math.inf
         self.best_step: int | None = None
+        self.best_copy: str | None = None  # what the best weights are when not the run's own: a cooled-down copy
         self.weights: dict | None = None
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         loss = (metrics or {}).get("eval_loss")
-        if loss is None or model is None or not loss < self.best_loss:
-            return
-        self.best_loss, self.best_step = loss, state.global_step
+        if loss is not None and model is not None:
+            self.offer(loss, model, state.global_step)
+
+    def offer(self, loss: float, model, step: int, copy: str | None = None) -> bool:
+        """`model`'s weights scored `loss` at `step` (`copy`: what they are, when not the run's own): kept when they
+        are the best so far."""
+        if not loss < self.best_loss:
+            return False
+        self.best_loss, self.best_step, self.best_copy = loss, step, copy
         self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return True
 
     def restore_if_better(self, model, last_loss: float, last_step: int) -> bool:
         """Put the best weights back when they are better than the last (`last_loss` at `last_step`)."""
-        if self.weights is None or self.best_step == last_step or not self.best_loss < last_loss:
+        if self.weights is None or (self.best_step == last_step and self.best_copy is None) or \
+                not self.best_loss < last_loss:
             return False
         model.load_state_dict(self.weights)
         return True

@@ -10,7 +10,9 @@ against the tokens each copy was trained on (repeats counted less, as Muennighof
 L(D) = E + K / D^g (`PowerLaw.through3`: three points give the exponent too) and predicts the loss at the last step.
 
 The copies cost a quarter of the steps before each (17.5% of the run's steps), which the budget callback reserves;
-they use the run's own model, batch and data, so the prediction needs nothing measured elsewhere. One process only
+they use the run's own model, batch and data, so the prediction needs nothing measured elsewhere. With
+`--keep_best` each copy is offered to the run's KeepBestCallback (`keeper`): a run that overfits after a copy ends
+with that copy's weights. One process only
 (a copy in DDP would need its own gradient synchronisation; the forecast is skipped there, with a message).
 """
 
@@ -116,6 +118,7 @@ class ForecastCallback(TrainerCallback):
         self.budget, self.train, self.eval = budget, train, evaluation
         self.tokens_per_step, self.unique, self.floor, self.seed = tokens_per_step, unique_tokens, floor, seed
         self.trainer = None
+        self.keeper = None  # the run's KeepBestCallback (--keep_best): offered each copy's weights
         self.pending = list(FORECAST_AT)
         self.points: list[dict] = []
         self.result: dict | None = None
@@ -158,7 +161,7 @@ class ForecastCallback(TrainerCallback):
         fraction = self.pending.pop(0)
         started = time.perf_counter()
         steps = cool_down_steps(step)
-        loss, eval_s = self.cool_down(args, model, steps)
+        loss, eval_s = self.cool_down(args, model, steps, step)
         seconds = time.perf_counter() - started
         self.seconds += seconds
         tokens = (step + steps) * self.tokens_per_step
@@ -186,10 +189,10 @@ class ForecastCallback(TrainerCallback):
                     total_steps, law.E, law.K, law.g, " / ".join(f"{p['loss']:.3f}" for p in self.points))
         return self.result
 
-    def cool_down(self, args, model, steps: int) -> tuple[float, float]:
+    def cool_down(self, args, model, steps: int, step: int = 0) -> tuple[float, float]:
         """`steps` optimizer steps of a linear cool-down from the current rate, on random batches of the training
-        data, then the held-out loss (and the seconds scoring it took); the weights, the optimizer's state and the
-        random state are put back."""
+        data, then the held-out loss (and the seconds scoring it took); the cooled weights are offered to the keeper
+        (--keep_best), then the weights, the optimizer's state and the random state are put back."""
         import torch
         from transformers import default_data_collator
 
@@ -225,6 +228,8 @@ class ForecastCallback(TrainerCallback):
             scored = time.perf_counter()
             held_out = mean_token_loss(model, self.eval, args.per_device_eval_batch_size)
             scored = time.perf_counter() - scored
+            if self.keeper is not None:
+                self.keeper.offer(held_out, model, step, f"a copy of step {step} cooled down for {steps} steps")
         finally:
             model.load_state_dict(weights)
             optimizer.load_state_dict(moments)

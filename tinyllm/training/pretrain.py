@@ -224,7 +224,7 @@ def _train(model, tokenizer, model_args: ModelArguments, data: DataArguments, ar
             optimizer_cls_and_kwargs=args.optimizer_factory(), budget=budget,
         )
         if forecaster:  # after the budget callback: a copy's steps are not counted as the run's
-            forecaster.trainer = trainer
+            forecaster.trainer, forecaster.keeper = trainer, keeper
             trainer.add_callback(forecaster)
         return trainer
 
@@ -239,9 +239,11 @@ def _train(model, tokenizer, model_args: ModelArguments, data: DataArguments, ar
         last = metrics["eval_loss"]
         metrics.update(trainer.evaluate())  # the weights put back, measured again
         metrics.update({"keep_best_step": keeper.best_step, "last_step_eval_loss": round(last, 4)})
-        logger.info("--keep_best: the weights of step %d (validation loss %.4f) replace the last ones (%.4f at step "
-                    "%d: the held-out loss rose on the way)", keeper.best_step, metrics["eval_loss"],
-                    last, trainer.state.global_step)
+        if keeper.best_copy:
+            metrics["keep_best_copy"] = keeper.best_copy
+        logger.info("--keep_best: the weights of %s (validation loss %.4f) replace the last ones (%.4f at step %d: "
+                    "the held-out loss rose on the way)", keeper.best_copy or f"step {keeper.best_step}",
+                    metrics["eval_loss"], last, trainer.state.global_step)
     if forecaster:
         metrics.update(forecaster.summary())
         if "forecast_eval_loss" in metrics and "eval_loss" in metrics:

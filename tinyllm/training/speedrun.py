@@ -223,7 +223,7 @@ class Speedrun(SizingStages):
         m = json.loads((folder / "all_results.json").read_text())
         self.finish("pretrain", started, loss=m.get("eval_loss"), bits_per_byte=m.get("eval_bits_per_byte"),
                     steps=m.get("time_budget_steps"), tokens=(m.get("time_budget_steps") or 0) * c["tokens_per_step"],
-                    **{k: m[k] for k in ("keep_best_step", "last_step_eval_loss") if k in m},
+                    **{k: m[k] for k in ("keep_best_step", "keep_best_copy", "last_step_eval_loss") if k in m},
                     **{k.replace("forecast_eval_", "forecast_"): m[k] for k in
                        ("forecast_eval_loss", "forecast_at_step", "forecast_total_steps", "forecast_exponent",
                         "forecast_accelerating", "forecast_seconds", "forecast_skipped") if k in m})
