@@ -81,6 +81,25 @@ def test_rules_by_width_and_corpus_size():
         assert model.num_parameters(exclude_embeddings=True) == shape.non_embedding_params()
 
 
+def test_the_probe_takes_the_median_step_not_a_slow_one(monkeypatch):
+    """A step slowed by something else (the process's cold start, another program) does not set the shape's speed:
+    eight steps of 10 ms and one of a second measure 10 ms a step, not the ~120 ms their mean is."""
+    from tinyllm.training import probe
+
+    clock, durations = [0.0], iter([0.0, 0.0, 1.0] + [0.01] * 100)  # two warm-up steps, then a slow one
+
+    def fake_step_fn(model, optimizer, batch, device):
+        def step():
+            clock[0] += next(durations)
+        return step
+
+    monkeypatch.setattr(probe, "_step_fn", fake_step_fn)
+    monkeypatch.setattr(probe.time, "perf_counter", lambda: clock[0])
+    tps = probe.measure_one(SMALL, 64, "bpe", "cpu", seconds=1.08)
+    tokens = probe.micro_batch_for("cpu", 128) * 128
+    assert tps == pytest.approx(tokens / 0.01)
+
+
 def test_keep_best_puts_the_best_evaluated_weights_back():
     import torch
 

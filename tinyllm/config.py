@@ -296,7 +296,8 @@ class PretrainTrainingOptions(RunDefaults):
     sample_max_new_tokens: int = field(default=64, metadata={"help": "Tokens per sample at evaluation."})
     keep_best: bool = field(default=False, metadata={
         "help": "Keep the weights with the lowest validation loss of the evaluations (every --eval_steps) instead of "
-                "the last ones, when those are worse: a small corpus repeated for many epochs overfits."})
+                "the last ones, when those are worse: a small corpus repeated for many epochs overfits. With "
+                "--forecast the cooled-down copies compete too."})
     forecast: bool = field(default=False, metadata={
         "help": "With --time_budget and --lr_scheduler_type warmup_stable_decay: predict the final validation loss "
                 "from copies of the run cooled down at a tenth, a fifth and two fifths of its steps (they cost about a "
