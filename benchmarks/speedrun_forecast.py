@@ -5,8 +5,9 @@ what other ways of drawing the curve through the same cooled-down copies would h
 
 Each argument is a speedrun folder (its pretrain/ is read) or a `tinyllm pretrain --forecast true` output folder
 (forecast.json, all_results.json). Columns: the forecast as the run made it (at the number of steps then expected),
-the same rule at the steps the run really took (what the estimate of the steps cost), and the curve through the last
-two copies with the exponent fixed instead of fitted on three. The forecast does not change the run, so these are
+this checkout's rule at the steps the run really took (what the estimate of the steps cost, and what a change of the
+rule since the run would have said), and the curve through the last two copies with the exponent fixed instead of
+fitted on three. The forecast does not change the run, so these are
 the forecasts the run would have made. Prints a Markdown table and, per column, the runs within 5%.
 """
 

@@ -39,7 +39,10 @@ def test_the_power_law_through_three_points_recovers_the_curve():
     loglinear = [(x, 5.0 - 0.3 * math.log(x)) for x in (100, 200, 400)]
     assert PowerLaw.through3(loglinear).g == EXPONENT_BOUNDS[0]
     # a drop that speeds up in log tokens (a phase change under way) is flagged
-    assert PowerLaw.accelerating([(100, 0.83), (200, 0.75), (400, 0.44)])
+    sudden = [(100, 0.83), (200, 0.75), (400, 0.44)]
+    assert PowerLaw.accelerating(sudden)
+    # ... and not extrapolated: the curve through the last two that flattens soonest
+    assert PowerLaw.through3(sudden).g == EXPONENT_BOUNDS[1] and 0.40 < PowerLaw.through3(sudden).predict(800) < 0.44
     assert not PowerLaw.accelerating(points) and not PowerLaw.accelerating(loglinear)
     # losses that stop falling: flat at the last level, never an extrapolated rise or fall
     assert PowerLaw.through3([(100, 3.0), (200, 2.5), (400, 2.6)]).predict(10 ** 6) == pytest.approx(2.5)

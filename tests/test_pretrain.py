@@ -203,6 +203,30 @@ def test_keep_best_saves_the_best_evaluated_weights_of_an_overfitting_run(tmp_pa
     assert next(r["value"] for r in evaluated if r["metric"] == "loss") == pytest.approx(during[best], abs=1e-3)
 
 
+def test_keep_best_keeps_a_cooled_down_copy_that_beats_the_end(tmp_path, tokenizer_dir, capsys):
+    """The same overfitting corpus under a time budget with --forecast: a copy cooled down early (a finished run of
+    that length) beats the evaluations at the held learning rate and the end; its weights are saved, named, and
+    score what the copy did."""
+    import random
+
+    rng = random.Random(0)
+    words = [f"{a}{b}" for a in ("ka", "lo", "mi", "tu", "re", "so") for b in ("n", "t", "p", "l", "m", "s")]
+    corpus = tmp_path / "random.txt"
+    corpus.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(40)))
+    out = tmp_path / "run"
+    code, _, err = run_inprocess(capsys, "pretrain", *TINY_MODEL_ARGS, "--dataset_name", corpus,
+                                 "--tokenizer_name_or_path", tokenizer_dir, "--time_budget", "12s", "--eval_steps",
+                                 "25", "--learning_rate", "0.01", "--warmup_steps", "5", "--keep_best", "true",
+                                 "--lr_scheduler_type", "warmup_stable_decay", "--forecast", "true",
+                                 "--validation_split_percentage", "20", "--output_dir", out)
+    assert code == 0, err
+    m = json.loads((out / "all_results.json").read_text())
+    points = {p["step"]: p for p in json.loads((out / "forecast.json").read_text())["points"]}
+    copy = points[m["keep_best_step"]]
+    assert m["keep_best_copy"] == f"a copy of step {copy['step']} cooled down for {copy['steps'] - copy['step']} steps"
+    assert m["eval_loss"] == pytest.approx(copy["loss"], abs=2e-3) and m["last_step_eval_loss"] > copy["loss"]
+
+
 def test_bad_inputs(tmp_path, tokenizer_dir, capsys):
     existing = tmp_path / "existing"
     existing.mkdir()

@@ -258,8 +258,12 @@ def test_the_report_card_says_how_the_loss_was_predicted_and_which_weights_were_
     assert "| pretrain | 253 s | 252 s | 2.898 | 3.042 |" in card
     assert "forecast 2.898 at step 424 of 1,060" in card and "off by -4.7%" in card
     assert "step 424 + 106: 3.300" in card and "L(D) = 2.400 + 310 / D^0.61" in card
-    assert "kept the weights of step 548 of 1060" in card and "3.527" in card
-    del state["stages"]["pretrain"]["keep_best_step"]
+    assert "kept the weights of step 548 (--keep_best)" in card and "3.527 at the last step, 1060" in card
+    copy = "a copy of step 424 cooled down for 106 steps"
+    state["stages"]["pretrain"].update(keep_best_step=424, keep_best_copy=copy)
+    card = write_card(run, tmp_path / "pretrain", None).read_text()
+    assert f"kept the weights of {copy} (--keep_best)" in card
+    del state["stages"]["pretrain"]["keep_best_step"], state["stages"]["pretrain"]["keep_best_copy"]
     assert "kept the weights" not in write_card(run, tmp_path / "pretrain", None).read_text()
     # a run without a forecast (resumed before its first copy, or streamed) says so instead of a number
     (tmp_path / "pretrain" / "forecast.json").unlink()

@@ -236,13 +236,12 @@ def _train(model, tokenizer, model_args: ModelArguments, data: DataArguments, ar
     if lm.eval is not None:
         metrics.update(final_evaluation(trainer))
     if keeper and keeper.restore_if_better(trainer.model, metrics["eval_loss"], trainer.state.global_step):
-        last = metrics["eval_loss"]
+        last, kept = metrics["eval_loss"], {"keep_best_step": keeper.best_step, "keep_best_copy": keeper.best_copy}
+        trainer.remove_callback(keeper)  # the evaluation below measures what was kept, it is not a candidate
         metrics.update(trainer.evaluate())  # the weights put back, measured again
-        metrics.update({"keep_best_step": keeper.best_step, "last_step_eval_loss": round(last, 4)})
-        if keeper.best_copy:
-            metrics["keep_best_copy"] = keeper.best_copy
+        metrics.update({k: v for k, v in kept.items() if v is not None}, last_step_eval_loss=round(last, 4))
         logger.info("--keep_best: the weights of %s (validation loss %.4f) replace the last ones (%.4f at step %d: "
-                    "the held-out loss rose on the way)", keeper.best_copy or f"step {keeper.best_step}",
+                    "the held-out loss rose on the way)", kept["keep_best_copy"] or f"step {kept['keep_best_step']}",
                     metrics["eval_loss"], last, trainer.state.global_step)
     if forecaster:
         metrics.update(forecaster.summary())

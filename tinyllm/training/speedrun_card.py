@@ -94,8 +94,8 @@ def write_card(run, final: Path, gguf: Path | None) -> Path:
                       "(pretrain/loss_curve.png)", ""]
     if pre.get("keep_best_step") is not None:
         kept = pre.get("keep_best_copy") or f"step {pre['keep_best_step']}"
-        lines.append(f"Pretraining kept the weights of {kept} of {pre.get('steps')} (--keep_best): the held-out loss "
-                     f"rose after it, to {pre['last_step_eval_loss']:.3f} at the last step (the corpus repeated "
+        lines.append(f"Pretraining kept the weights of {kept} (--keep_best): the held-out loss rose after it, to "
+                     f"{pre['last_step_eval_loss']:.3f} at the last step, {pre.get('steps')} (the corpus repeated "
                      f"{c['epochs']:.1f} times).")
     lines += ["", "## Choices and why", "", f"- tokenizer: {s.get('tokenizer', {}).get('choice', '')}",
               *[f"- {r}" for r in c["reasons"]],
