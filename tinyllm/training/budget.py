@@ -56,6 +56,9 @@ class TimeBudget:
         # work still to come besides the run's own steps (--forecast's cooled-down copies): steps as a share of
         # the run's total, and seconds
         self.reserve_share = 0.0
+        # seconds that work reserved that way has taken so far, between two steps: not an evaluation's or a
+        # checkpoint's cost (a copy made at a checkpoint's step was once timed as the checkpoint's: 20 s a save)
+        self.aside_s = 0.0
         self.reserve_s = 0.0
 
     def remaining(self) -> float:
@@ -117,12 +120,14 @@ class BudgetCallback(TrainerCallback):
         self.eval_s: list[float] = []
         self.save_s: list[float] = []
         self._begin = self._end = None
+        self._aside = 0.0  # budget.aside_s at the last step's end
         self._evaluated = self._saved = False
 
     def on_step_begin(self, args, state, control, **kwargs):
         now = time.perf_counter()
         if self._end is not None and (self._evaluated or self._saved):
-            gap = now - self._end  # what ran between the two steps: evaluation + samples, and/or a checkpoint
+            # what ran between the two steps: evaluation + samples, and/or a checkpoint, less the reserved work
+            gap = now - self._end - (self.budget.aside_s - self._aside)
             (self.eval_s if self._evaluated else self.save_s).append(gap)
         self._evaluated = self._saved = False
         self._begin = now
@@ -134,7 +139,7 @@ class BudgetCallback(TrainerCallback):
         self._saved = True
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._end = time.perf_counter()
+        self._end, self._aside = time.perf_counter(), self.budget.aside_s
         if self._begin is not None:
             self.step_times.append(self._end - self._begin)
         # estimate after `probe_steps` steps, or sooner when steps are slow (a step over 2% of the budget: five of

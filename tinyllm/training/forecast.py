@@ -12,8 +12,8 @@ L(D) = E + K / D^g (`PowerLaw.through3`: three points give the exponent too) and
 The copies cost a quarter of the steps before each (17.5% of the run's steps), which the budget callback reserves;
 they use the run's own model, batch and data, so the prediction needs nothing measured elsewhere. With
 `--keep_best` each copy is offered to the run's KeepBestCallback (`keeper`): a run that overfits after a copy ends
-with that copy's weights. One process only
-(a copy in DDP would need its own gradient synchronisation; the forecast is skipped there, with a message).
+with that copy's weights. One process only (a copy in DDP would need its own gradient synchronisation; the forecast
+is skipped there, with a message).
 """
 
 from __future__ import annotations
@@ -170,6 +170,7 @@ class ForecastCallback(TrainerCallback):
         loss, eval_s = self.cool_down(args, model, steps, step)
         seconds = time.perf_counter() - started
         self.seconds += seconds
+        self.budget.aside_s += seconds  # reserved: not the cost of a checkpoint saved at this step
         tokens = (step + steps) * self.tokens_per_step
         self.points.append({"at": fraction, "step": step, "steps": step + steps, "tokens": tokens,
                             "loss": round(loss, 4), "seconds": round(seconds, 2)})
@@ -190,8 +191,7 @@ class ForecastCallback(TrainerCallback):
         if self.result["accelerating"]:
             logger.warning("forecast: the copies' loss falls faster and faster (%s): a sudden drop under way, which "
                            "no power law follows; the forecast below, the curve that flattens soonest, is a guess",
-                           " / ".join(
-                               f"{p['loss']:.3f}" for p in self.points))
+                           " / ".join(f"{p['loss']:.3f}" for p in self.points))
         logger.info("forecast: held-out loss %.4f at step %d (L = %.3f + %.3g / D^%.2f through the copies' %s)", loss,
                     total_steps, law.E, law.K, law.g, " / ".join(f"{p['loss']:.3f}" for p in self.points))
         return self.result

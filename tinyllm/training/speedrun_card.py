@@ -41,7 +41,7 @@ def _forecast_line(pre: dict, folder: Path) -> str:
             f"expected: "
             f"{f['loss']:.3f} (training/forecast.py)"
             + ("; the copies' loss fell faster and faster (a sudden drop under way), which no power law follows: "
-               "a guess" if f.get("accelerating") else ""))
+               "a guess, the curve through the last two that flattens soonest" if f.get("accelerating") else ""))
 
 
 def next_steps(final: Path, chat: bool, gguf: Path | None) -> str:
