@@ -73,6 +73,21 @@ def hand(work: Path, corpus: str, budget: str, preset: str, lr: float, tokenizer
     return {**row, "loss": m.get("eval_loss"), "bpb": m.get("eval_bits_per_byte"), "steps": m.get("time_budget_steps")}
 
 
+def kept(work: Path, row: dict) -> str:
+    """Which weights the speedrun's pretraining ended with (--keep_best, past 4 epochs): the last, an evaluation's
+    step, or a cooled-down copy (from its speedrun.json)."""
+    state = work / f"speedrun_{row['corpus']}_{row['budget']}" / "speedrun.json"
+    pre = json.loads(state.read_text())["stages"]["pretrain"] if state.is_file() else {}
+    if pre.get("keep_best_copy"):
+        return "copy at " + pre["keep_best_copy"].split()[3]
+    if pre.get("keep_best_step") and pre["keep_best_step"] == pre.get("steps"):
+        # written before the copies were named (the last step is never "kept"): the copy whose loss it scored
+        points = json.loads((state.parent / "pretrain" / "forecast.json").read_text())["points"]
+        copy = min(points, key=lambda p: abs(p["loss"] - pre["loss"]))
+        return f"copy at {copy['step']}"
+    return f"step {pre['keep_best_step']}" if pre.get("keep_best_step") else "last"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpora", nargs="+", default=["builtin", "tiny_shakespeare", "tinystories"])
@@ -109,8 +124,8 @@ def main():
                             keep(hand(work, corpus, budget, preset, lr, sr["tokenizer"]))
 
     print("\n| corpus | budget | wall | kept (±5%) | shape | steps (forecast at) | pretraining s (forecast s) | "
-          "forecast loss | achieved | error | bpb | best hand bpb (preset, lr) | ratio |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "forecast loss | achieved | error | kept | bpb | best hand bpb (preset, lr) | ratio |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in (r for r in rows if r["kind"] == "speedrun"):
         grid = [h for h in rows if h["kind"] == "hand" and h["corpus"] == r["corpus"] and h["budget"] == r["budget"]
                 and h.get("bpb") is not None]
@@ -121,7 +136,7 @@ def main():
                     if r.get("prediction_error") is not None else f"— | {r['loss']:.3f} | —")
         print(f"| {r['corpus']} | {r['budget']} | {r['wall_s']:.0f} s | {r['budget_error']:+.1%} | {r['shape']} | "
               f"{r.get('steps')} ({r.get('forecast_at_step')}) | {r['pretrain_s']:.0f} ({r.get('forecast_s')}) | "
-              f"{forecast} | {r['bpb']:.4f} | {ref} | {ratio} |")
+              f"{forecast} | {kept(work, r)} | {r['bpb']:.4f} | {ref} | {ratio} |")
     print("\n| corpus | budget | preset | lr | wall | steps | loss | bpb |\n|---|---|---|---|---|---|---|---|")
     for h in (r for r in rows if r["kind"] == "hand"):
         if "error" in h:
