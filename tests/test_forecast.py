@@ -117,25 +117,37 @@ def test_keep_best_is_offered_the_cooled_down_copies(tmp_path):
     assert mean_token_loss(trainer.model, held) == pytest.approx(keeper.best_loss, abs=1e-5)
 
 
-def test_the_budget_reserves_the_copies_steps(monkeypatch):
+def _budgeted_steps(monkeypatch, save_steps=None):
+    """A 100 s TimeBudget and its BudgetCallback on a fake clock; `run(steps, between)` makes steps of 0.1 s and
+    calls `between(step)` after each step's end (what runs between two steps)."""
     from tinyllm.training import budget as budget_module
     from tinyllm.training.budget import BudgetCallback
 
-    def fits(share: float) -> int:
-        clock = [0.0]
-        monkeypatch.setattr(budget_module.time, "perf_counter", lambda: clock[0])
-        monkeypatch.setattr(budget_module.time, "time", lambda: 1000.0 + clock[0])
-        budget = TimeBudget(100, start=1000.0)
-        budget.reserve_share = share
-        cb = BudgetCallback(budget, probe_steps=5, every=10)
-        args = SimpleNamespace(eval_strategy="no", eval_steps=None, save_strategy="no", save_steps=None,
-                               per_device_train_batch_size=8, gradient_accumulation_steps=1)
-        state, control = SimpleNamespace(global_step=0, max_steps=0), SimpleNamespace(should_training_stop=False)
-        for step in range(1, 6):
+    clock = [0.0]
+    monkeypatch.setattr(budget_module.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(budget_module.time, "time", lambda: 1000.0 + clock[0])
+    budget = TimeBudget(100, start=1000.0)
+    cb = BudgetCallback(budget, probe_steps=5, every=10)
+    args = SimpleNamespace(eval_strategy="no", eval_steps=None, save_strategy="steps" if save_steps else "no",
+                           save_steps=save_steps, per_device_train_batch_size=8, gradient_accumulation_steps=1)
+    state, control = SimpleNamespace(global_step=0, max_steps=0), SimpleNamespace(should_training_stop=False)
+
+    def run(steps: int, between=lambda step: None):
+        for step in range(1, steps + 1):
             cb.on_step_begin(args, state, control)
             clock[0] += 0.1
             state.global_step = step
             cb.on_step_end(args, state, control, model=None)
+            between(step)
+
+    return clock, budget, cb, run, (args, state, control)
+
+
+def test_the_budget_reserves_the_copies_steps(monkeypatch):
+    def fits(share: float) -> int:
+        _, budget, _, run, _ = _budgeted_steps(monkeypatch)
+        budget.reserve_share = share
+        run(5)
         return budget.total_steps
 
     assert fits(0.175) == pytest.approx(fits(0.0) / 1.175, rel=0.01)
@@ -145,28 +157,17 @@ def test_a_copy_at_a_checkpoints_step_is_not_the_checkpoints_cost(monkeypatch):
     """A copy cooled down at the step a checkpoint is saved (both run between two steps): the checkpoint is timed
     without the copy. Timed with it, a 20 s copy made every checkpoint look 20 s, and a Tiny Shakespeare speedrun
     reserved that for each one to come and ended 44 s early."""
-    from tinyllm.training import budget as budget_module
-    from tinyllm.training.budget import BudgetCallback
+    clock, budget, cb, run, callback_args = _budgeted_steps(monkeypatch, save_steps=4)
 
-    clock = [0.0]
-    monkeypatch.setattr(budget_module.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(budget_module.time, "time", lambda: 1000.0 + clock[0])
-    budget = TimeBudget(100, start=1000.0)
-    cb = BudgetCallback(budget, probe_steps=5, every=10)
-    args = SimpleNamespace(eval_strategy="no", eval_steps=None, save_strategy="steps", save_steps=4,
-                           per_device_train_batch_size=8, gradient_accumulation_steps=1)
-    state, control = SimpleNamespace(global_step=0, max_steps=0), SimpleNamespace(should_training_stop=False)
-    for step in range(1, 11):
-        cb.on_step_begin(args, state, control)
-        clock[0] += 0.1
-        state.global_step = step
-        cb.on_step_end(args, state, control, model=None)
+    def between(step):
         if step == 4:  # a copy (after the budget's on_step_end, as the forecast is added after it), then the save
             clock[0] += 20.0
             budget.aside_s += 20.0
         if step in (4, 8):
-            cb.on_save(args, state, control)
+            cb.on_save(*callback_args)
             clock[0] += 0.3
+
+    run(10, between)
     assert cb.save_s == [pytest.approx(0.3), pytest.approx(0.3)]
 
 

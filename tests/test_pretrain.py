@@ -175,15 +175,21 @@ def test_second_run_reuses_the_token_shards(tmp_path, tokenizer_dir, capsys, cap
     assert len({p.parent for p in shard_files()}) == 2  # the changed corpus was prepared again, under a new key
 
 
-def test_keep_best_saves_the_best_evaluated_weights_of_an_overfitting_run(tmp_path, tokenizer_dir, capsys):
-    """Random word strings: the held-out loss falls while the model learns the words, then rises as it memorises
-    the few training strings. --keep_best saves the weights of the best evaluation, and the folder reloads to them."""
+def _random_words(tmp_path):
+    """40 strings of 12 random words: learnable words, then nothing but memorising the strings (it overfits)."""
     import random
 
     rng = random.Random(0)
     words = [f"{a}{b}" for a in ("ka", "lo", "mi", "tu", "re", "so") for b in ("n", "t", "p", "l", "m", "s")]
     corpus = tmp_path / "random.txt"
     corpus.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(40)))
+    return corpus
+
+
+def test_keep_best_saves_the_best_evaluated_weights_of_an_overfitting_run(tmp_path, tokenizer_dir, capsys):
+    """Random word strings: the held-out loss falls while the model learns the words, then rises as it memorises
+    the few training strings. --keep_best saves the weights of the best evaluation, and the folder reloads to them."""
+    corpus = _random_words(tmp_path)
     out = tmp_path / "run"
     code, _, err = run_inprocess(capsys, "pretrain", *TINY_MODEL_ARGS, "--dataset_name", corpus,
                                  "--tokenizer_name_or_path", tokenizer_dir, "--max_steps", "300", "--eval_steps", "25",
@@ -207,12 +213,7 @@ def test_keep_best_keeps_a_cooled_down_copy_that_beats_the_end(tmp_path, tokeniz
     """The same overfitting corpus under a time budget with --forecast and no evaluations on the way: the copy
     cooled down at 40% of the steps (a finished run of that length) beats the end, which has memorised the training
     strings; its weights are saved, named, and score what the copy did."""
-    import random
-
-    rng = random.Random(0)
-    words = [f"{a}{b}" for a in ("ka", "lo", "mi", "tu", "re", "so") for b in ("n", "t", "p", "l", "m", "s")]
-    corpus = tmp_path / "random.txt"
-    corpus.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(40)))
+    corpus = _random_words(tmp_path)
     out = tmp_path / "run"
     code, _, err = run_inprocess(capsys, "pretrain", *TINY_MODEL_ARGS, "--dataset_name", corpus,
                                  "--tokenizer_name_or_path", tokenizer_dir, "--time_budget", "12s", "--eval_steps",
