@@ -79,7 +79,7 @@ def kept(work: Path, row: dict) -> str:
     state = work / f"speedrun_{row['corpus']}_{row['budget']}" / "speedrun.json"
     pre = json.loads(state.read_text())["stages"]["pretrain"] if state.is_file() else {}
     if pre.get("keep_best_copy"):
-        return "copy at " + pre["keep_best_copy"].split()[3]
+        return f"copy at {pre['keep_best_step']}"
     if pre.get("keep_best_step") and pre["keep_best_step"] == pre.get("steps"):
         # written before the copies were named (the last step is never "kept"): the copy whose loss it scored
         points = json.loads((state.parent / "pretrain" / "forecast.json").read_text())["points"]

@@ -196,7 +196,7 @@ class ForecastCallback(TrainerCallback):
                     total_steps, law.E, law.K, law.g, " / ".join(f"{p['loss']:.3f}" for p in self.points))
         return self.result
 
-    def cool_down(self, args, model, steps: int, step: int = 0) -> tuple[float, float]:
+    def cool_down(self, args, model, steps: int, step: int) -> tuple[float, float]:
         """`steps` optimizer steps of a linear cool-down from the current rate, on random batches of the training
         data, then the held-out loss (and the seconds scoring it took); the cooled weights are offered to the keeper
         (--keep_best), then the weights, the optimizer's state and the random state are put back."""

@@ -236,12 +236,14 @@ def _train(model, tokenizer, model_args: ModelArguments, data: DataArguments, ar
     if lm.eval is not None:
         metrics.update(final_evaluation(trainer))
     if keeper and keeper.restore_if_better(trainer.model, metrics["eval_loss"], trainer.state.global_step):
-        last, kept = metrics["eval_loss"], {"keep_best_step": keeper.best_step, "keep_best_copy": keeper.best_copy}
+        last = metrics["eval_loss"]
         trainer.remove_callback(keeper)  # the evaluation below measures what was kept, it is not a candidate
         metrics.update(trainer.evaluate())  # the weights put back, measured again
-        metrics.update({k: v for k, v in kept.items() if v is not None}, last_step_eval_loss=round(last, 4))
+        metrics.update({"keep_best_step": keeper.best_step, "last_step_eval_loss": round(last, 4)})
+        if keeper.best_copy:
+            metrics["keep_best_copy"] = keeper.best_copy
         logger.info("--keep_best: the weights of %s (validation loss %.4f) replace the last ones (%.4f at step %d: "
-                    "the held-out loss rose on the way)", kept["keep_best_copy"] or f"step {kept['keep_best_step']}",
+                    "the held-out loss rose on the way)", keeper.best_copy or f"step {keeper.best_step}",
                     metrics["eval_loss"], last, trainer.state.global_step)
     if forecaster:
         metrics.update(forecaster.summary())
