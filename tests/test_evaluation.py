@@ -40,9 +40,10 @@ def test_a_named_corpus_is_read_in_the_models_own_blocks():
     """`tinyllm eval --dataset_name X` (the speedrun's eval stage) keeps the run's block size, else the model's
     context: the default 256 tokens would score a 128-token model on positions it never trained on (TinyStories:
     1.43 bits per byte against the run's own 1.39)."""
-    from tinyllm.config import DataArguments, EvalArguments
+    from tinyllm.config import DataArguments
     from tinyllm.errors import ConfigError
     from tinyllm.evaluation.eval_stage import _eval_data_args
+    from tinyllm.usage_config import EvalArguments
 
     args = EvalArguments(model="m")
     named = DataArguments(dataset_name="tinystories", block_size=None, validation_split_percentage=None,

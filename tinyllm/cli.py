@@ -31,6 +31,7 @@ import tinyllm
 from tinyllm import __version__
 from tinyllm import config as c
 from tinyllm import post_training_config as pc
+from tinyllm import usage_config as u
 from tinyllm.errors import TinyLLMError, suggest
 from tinyllm.logs import setup_logging
 from tinyllm.modeling import describe_presets
@@ -163,21 +164,21 @@ COMMANDS: dict[str, Command] = {
                     # full fine-tuning by default: measured better than LoRA on small models (see README)
                     defaults={"dataset_name": "builtin_arithmetic", "validation_split_percentage": 10.0,
                               "model_name_or_path": "outputs/sft_arithmetic", "use_lora": False}),
-    "generate": Command("sample text from a saved model (streams to the terminal)", (c.GenerationArguments,),
+    "generate": Command("sample text from a saved model (streams to the terminal)", (u.GenerationArguments,),
                         _generate, "model"),
-    "chat": Command("chat with an instruction-tuned model in the terminal", (c.GenerationArguments,), _chat, "model"),
+    "chat": Command("chat with an instruction-tuned model in the terminal", (u.GenerationArguments,), _chat, "model"),
     "plan": Command("print parameters, tokens, memory and time estimates for a config without training",
                     _PRETRAIN_TYPES, _plan),
     # eval's dataset options default to None: "the run's own corpus and split" (recorded in run_summary.json)
     "eval": Command("evaluate a saved model: bits per byte, built-in tasks, lm-evaluation-harness tasks",
-                    (c.EvalArguments, c.DataArguments), _eval, "model",
+                    (u.EvalArguments, c.DataArguments), _eval, "model",
                     defaults={"dataset_name": None, "validation_split_percentage": None, "eval_max_tokens": None,
                               "document_separator": None}),
     "export": Command("export a model to GGUF (llama.cpp, Ollama, LM Studio) with an Ollama Modelfile",
-                      (c.ExportArguments,), _export, "model"),
-    "serve": Command("serve a model: OpenAI-compatible API (/v1) and a web chat page (/)", (c.ServeArguments,),
+                      (u.ExportArguments,), _export, "model"),
+    "serve": Command("serve a model: OpenAI-compatible API (/v1) and a web chat page (/)", (u.ServeArguments,),
                      _serve, "model"),
-    "report": Command("compare the runs in a folder side by side (Markdown table + plot)", (c.ReportArguments,),
+    "report": Command("compare the runs in a folder side by side (Markdown table + plot)", (u.ReportArguments,),
                       _report, "runs"),
     "presets": Command("list the model size presets", (), _presets),
 }

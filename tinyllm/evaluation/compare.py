@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tinyllm.config import ReportArguments
 from tinyllm.errors import ConfigError
 from tinyllm.evaluation.report import EVAL_FILE, SUMMARY_FILE, find_runs, load_run
 from tinyllm.formatting import fmt_value
 from tinyllm.hub import save_figure
+from tinyllm.usage_config import ReportArguments
 
 __all__ = ["run_report"]
 

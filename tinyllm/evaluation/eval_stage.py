@@ -17,7 +17,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from tinyllm.config import DataArguments, EvalArguments
+from tinyllm.config import DataArguments
 from tinyllm.device import detect_device
 from tinyllm.errors import ConfigError
 from tinyllm.evaluation.report import SUMMARY_FILE, render_report
@@ -34,6 +34,7 @@ from tinyllm.inference.chat import is_chat_model
 from tinyllm.inference.generation import seed_everything
 from tinyllm.io import atomic_file
 from tinyllm.model_io import context_length, load_model_folder
+from tinyllm.usage_config import EvalArguments
 
 __all__ = ["run_eval"]
 
