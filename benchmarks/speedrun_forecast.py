@@ -6,9 +6,9 @@ what other ways of drawing the curve through the same cooled-down copies would h
 Each argument is a speedrun folder (its pretrain/ is read) or a `tinyllm pretrain --forecast true` output folder
 (forecast.json, all_results.json). Columns: the forecast as the run made it (at the number of steps then expected),
 this checkout's rule at the steps the run really took (what the estimate of the steps cost, and what a change of the
-rule since the run would have said), and the curve through the last two copies with the exponent fixed instead of
-fitted on three. The forecast does not change the run, so these are
-the forecasts the run would have made. Prints a Markdown table and, per column, the runs within 5%.
+rule since the run would have said: with the floor under E, the built-in corpus's entropy), and the curve through
+the last two copies with the exponent fixed instead of fitted on three. The forecast does not change the run, so
+these are the forecasts the run would have made. Prints a Markdown table and, per column, the runs within 5%.
 """
 
 import json
@@ -31,6 +31,16 @@ def load(folder: Path) -> tuple[dict, dict] | None:
     return None
 
 
+def floor(fc: dict, res: dict) -> float:
+    """The lowest loss there is (the built-in corpus's entropy as nats per token): forecast.json's, or for a run
+    made before it was written there, from the entropy in bits per char and the run's own loss per char."""
+    if "loss_floor" in fc:
+        return fc["loss_floor"]
+    if res.get("entropy_floor_bits_per_char") and res.get("eval_bits_per_char"):
+        return res["entropy_floor_bits_per_char"] * res["eval_loss"] / res["eval_bits_per_char"]
+    return 0.0
+
+
 def main(folders: list[str]) -> None:
     cols = ["as made", "rule, real steps"] + [f"g={g:g}, last two" for g in FIXED]
     print("| run | copies (step + cool-down: loss) | fitted g | steps expected / real | achieved | "
@@ -49,7 +59,7 @@ def main(folders: list[str]) -> None:
         real = res["time_budget_steps"]
         achieved = res.get("eval_loss")
         at = effective_tokens(real * per_step, unique)
-        law = PowerLaw.through3(xs)
+        law = PowerLaw.through3(xs, floor(fc, res))
         (x2, l2), (x3, l3) = sorted(xs)[1:]
         preds = [fc["forecast"]["loss"], law.predict(at)] + [PowerLaw.through2(x2, l2, x3, l3, g).predict(at)
                                                              for g in FIXED]

@@ -49,6 +49,22 @@ def test_the_power_law_through_three_points_recovers_the_curve():
     assert PowerLaw.through3([(100, 3.0), (200, 3.1), (400, 2.9)]).predict(400) == pytest.approx(2.9)
 
 
+def test_the_curve_is_not_carried_under_the_lowest_loss_there_is():
+    # a 5-minute built-in speedrun's copies (effective tokens, held-out nats per token); it ended at 0.387 after
+    # 4.39M effective tokens. A free fit runs on to E = -0.25: below any loss, and far below the corpus's entropy
+    copies = [(602_000, 0.7647), (1_081_000, 0.5827), (2_302_000, 0.3952)]
+    assert PowerLaw.free(copies).E < 0 and PowerLaw.free(copies).predict(4_394_000) < 0.3
+    at_zero = PowerLaw.through3(copies)  # no loss is under 0
+    assert at_zero.E == 0.0 and at_zero.predict(2_302_000) == pytest.approx(0.3952)
+    floored = PowerLaw.through3(copies, floor=0.351)  # the built-in corpus's entropy as nats per token
+    assert floored.E == 0.351 and floored.predict(1_081_000) == pytest.approx(0.5827)
+    assert floored.predict(2_302_000) == pytest.approx(0.3952)
+    assert 0.351 < floored.predict(4_394_000) < 0.3952 and floored.predict(4_394_000) == pytest.approx(0.362, abs=1e-3)
+    # a fit that stays above the floor is the free fit
+    above = [(100, 2.0), (200, 1.8), (400, 1.7)]
+    assert PowerLaw.through3(above, floor=0.5) == PowerLaw.free(above)
+
+
 def test_a_copy_is_cooled_down_as_the_run_cools_down_its_last_fifth():
     for step in (40, 100, 401):
         cool = cool_down_steps(step)

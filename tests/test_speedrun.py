@@ -216,6 +216,10 @@ def test_tiny_budget_end_to_end_interrupted_then_resumed(tmp_path):
     forecast = json.loads((out / "pretrain" / "forecast.json").read_text())
     assert len(forecast["points"]) == 3 and pre["forecast_loss"] == forecast["forecast"]["loss"]
     assert f"forecast {pre['forecast_loss']:.3f}" in card
+    # the built-in corpus's entropy (bits per char) is the floor under the forecast's curve, as nats per token
+    m = json.loads((out / "pretrain" / "all_results.json").read_text())
+    floor = m["entropy_floor_bits_per_char"] * m["eval_loss"] / m["eval_bits_per_char"]
+    assert forecast["loss_floor"] == pytest.approx(floor, rel=2e-3) and forecast["forecast"]["loss"] >= floor
     assert "Resuming" in res.stdout
     for line in ("tinyllm chat" if sft_ran else "tinyllm generate", "tinyllm serve", "ollama create"):
         assert line in res.stdout

@@ -86,11 +86,30 @@ class PowerLaw:
         return cls(l2 - k * x2 ** -g, k, g)
 
     @classmethod
-    def through3(cls, points: list[tuple[float, float]]) -> "PowerLaw":
+    def through3(cls, points: list[tuple[float, float]], floor: float = 0.0) -> "PowerLaw":
         """Through three points (x increasing): the exponent from the ratio of the two drops, solved by bisection
         and kept within EXPONENT_BOUNDS, then E and K through the last two. Losses that stop falling give a flat
         curve at the last point's level (the run has reached what this shape gets from this data); losses that fall
-        faster and faster (`accelerating`) the highest exponent."""
+        faster and faster (`accelerating`) the highest exponent. A curve whose E falls below `floor` (no loss is
+        under 0; the built-in corpus knows its entropy) is `floored`."""
+        law = cls.free(points)
+        return law if law.E >= floor else cls.floored(points, floor)
+
+    @classmethod
+    def floored(cls, points: list[tuple[float, float]], floor: float) -> "PowerLaw":
+        """E = floor, and K and the exponent (within EXPONENT_BOUNDS) through the last two points: a drop that a
+        free fit would carry on under a loss no model can reach. The built-in corpus's 5-minute copies 0.765 /
+        0.583 / 0.395 fit E = -0.25 (0.273 for an end at 0.387); at its entropy (0.351 nats per token) 0.362."""
+        (x2, l2), (x3, l3) = sorted(points)[1:]
+        lo, hi = EXPONENT_BOUNDS
+        if l3 <= floor or l2 <= l3:
+            return cls(min(l2, l3), 0.0, hi)
+        g = min(max(math.log((l2 - floor) / (l3 - floor)) / math.log(x3 / x2), lo), hi)
+        return cls(floor, (l3 - floor) * x3 ** g, g)
+
+    @classmethod
+    def free(cls, points: list[tuple[float, float]]) -> "PowerLaw":
+        """`through3` with no floor under E."""
         (x1, l1), (x2, l2), (x3, l3) = sorted(points)
         lo, hi = EXPONENT_BOUNDS
         if not (l1 > l2 > l3):
@@ -120,9 +139,11 @@ class ForecastCallback(TrainerCallback):
     module's docstring). `trainer` is set after the trainer is built; `budget` is the run's TimeBudget."""
 
     def __init__(self, budget, train, evaluation, tokens_per_step: int, unique_tokens: float | None,
-                 floor: float = 0.0, seed: int = 0, resume: str | None = None):
+                 min_lr_ratio: float = 0.0, seed: int = 0, resume: str | None = None, loss_floor: float = 0.0):
         self.budget, self.train, self.eval = budget, train, evaluation
-        self.tokens_per_step, self.unique, self.floor, self.seed = tokens_per_step, unique_tokens, floor, seed
+        self.tokens_per_step, self.unique, self.seed = tokens_per_step, unique_tokens, seed
+        self.min_lr_ratio = min_lr_ratio
+        self.loss_floor = loss_floor  # the lowest held-out loss there is (nats per token): the curve's E is not below
         self.trainer = None
         self.keeper = None  # the run's KeepBestCallback (--keep_best): offered each copy's weights
         self.pending = list(FORECAST_AT)
@@ -182,16 +203,20 @@ class ForecastCallback(TrainerCallback):
 
     def predict(self, total_steps: int) -> dict:
         x = [(effective_tokens(p["tokens"], self.unique), p["loss"]) for p in self.points]
-        law = PowerLaw.through3(x)
+        law = PowerLaw.through3(x, self.loss_floor)
         final_tokens = total_steps * self.tokens_per_step
         loss = law.predict(effective_tokens(final_tokens, self.unique))
         self.result = {"loss": round(loss, 4), "at_step": self.points[-1]["step"], "total_steps": total_steps,
                        "E": round(law.E, 4), "K": round(law.K, 4), "exponent": round(law.g, 3),
-                       "accelerating": PowerLaw.accelerating(x)}
+                       "accelerating": PowerLaw.accelerating(x),
+                       "floored": PowerLaw.free(x).E < self.loss_floor}
         if self.result["accelerating"]:
             logger.warning("forecast: the copies' loss falls faster and faster (%s): a sudden drop under way, which "
                            "no power law follows; the forecast below, the curve that flattens soonest, is a guess",
                            " / ".join(f"{p['loss']:.3f}" for p in self.points))
+        if self.result["floored"]:
+            logger.info("forecast: the copies' curve would run on under %.4f, the lowest loss there is on this corpus; "
+                        "it is held at that floor", self.loss_floor)
         logger.info("forecast: held-out loss %.4f at step %d (L = %.3f + %.3g / D^%.2f through the copies' %s)", loss,
                     total_steps, law.E, law.K, law.g, " / ".join(f"{p['loss']:.3f}" for p in self.points))
         return self.result
@@ -219,7 +244,7 @@ class ForecastCallback(TrainerCallback):
         model.train()
         try:
             for done in range(1, steps + 1):
-                factor = decay_factor(done, steps, self.floor)
+                factor = decay_factor(done, steps, self.min_lr_ratio)
                 for group, rate in zip(optimizer.param_groups, rates):
                     group["lr"] = rate * factor
                 for _ in range(accum):
@@ -254,7 +279,8 @@ class ForecastCallback(TrainerCallback):
         if self.result:
             return {"forecast_eval_loss": self.result["loss"], "forecast_at_step": self.result["at_step"],
                     "forecast_total_steps": self.result["total_steps"], "forecast_exponent": self.result["exponent"],
-                    "forecast_accelerating": self.result["accelerating"], "forecast_seconds": round(self.seconds, 1)}
+                    "forecast_accelerating": self.result["accelerating"],
+                    "forecast_floored": self.result["floored"], "forecast_seconds": round(self.seconds, 1)}
         return {"forecast_skipped": self.skipped or f"the run ended before {FORECAST_AT[-1]:.0%} of its steps"}
 
     def data(self) -> dict:
@@ -270,5 +296,5 @@ class ForecastCallback(TrainerCallback):
                 curve.append([round(step, 1), round(loss, 4)])
         return {"points": self.points, "forecast": self.result, "curve": curve, "skipped": self.skipped,
                 "decay_fraction": DECAY_FRACTION, "at": list(FORECAST_AT), "exponent_bounds": list(EXPONENT_BOUNDS),
-                "unique_tokens": self.unique,
+                "unique_tokens": self.unique, "loss_floor": self.loss_floor,
                 "tokens_per_step": self.tokens_per_step}

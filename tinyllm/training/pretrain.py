@@ -129,6 +129,11 @@ def entropy_floor(data: DataArguments, seed: int, documents: int | None = None) 
     return corpus_entropy(held[:documents] if documents else held)["bits_per_char"]
 
 
+def floor_nats_per_token(floor: float | None, lm: LMData) -> float | None:
+    """The entropy floor (bits per character) as a held-out loss: nats per token of the held-out set."""
+    return floor * math.log(2) / lm.eval_tokens_per_char if floor is not None and lm.eval_tokens_per_char else None
+
+
 # ---------------------------------------------------------------- steps
 
 def _prepare_tokenizer(model_args: ModelArguments, data: DataArguments, tok_args: TokenizerArguments,
@@ -211,7 +216,8 @@ def _train(model, tokenizer, model_args: ModelArguments, data: DataArguments, ar
         else:
             kwargs = args.lr_scheduler_kwargs or {}
             forecaster = ForecastCallback(budget, lm.train, lm.eval, plan["tokens_per_step"], lm.train_tokens,
-                                          kwargs.get("min_lr_ratio", 0.0), args.seed, resume)
+                                          kwargs.get("min_lr_ratio", 0.0), args.seed, resume,
+                                          floor_nats_per_token(floor, lm) or 0.0)
 
     def make_trainer(m):
         trainer = TinyTrainer(
@@ -298,9 +304,7 @@ def _save_final(trained: Trained, tokenizer, tok_report: dict | None, model_args
         if tok_report:
             (staging / "tokenizer_report.json").write_text(json.dumps(tok_report, indent=2, ensure_ascii=False)
                                                            + "\n")
-        floor_nats = None
-        if floor is not None and lm.eval_tokens_per_char:
-            floor_nats = floor * math.log(2) / lm.eval_tokens_per_char
+        floor_nats = floor_nats_per_token(floor, lm)
         if trained.forecast is not None:
             (staging / "forecast.json").write_text(json.dumps(trained.forecast, indent=1) + "\n")
         if args.plot_loss:

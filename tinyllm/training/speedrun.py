@@ -226,7 +226,7 @@ class Speedrun(SizingStages):
                     **{k: m[k] for k in ("keep_best_step", "keep_best_copy", "last_step_eval_loss") if k in m},
                     **{k.replace("forecast_eval_", "forecast_"): m[k] for k in
                        ("forecast_eval_loss", "forecast_at_step", "forecast_total_steps", "forecast_exponent",
-                        "forecast_accelerating", "forecast_seconds", "forecast_skipped") if k in m})
+                        "forecast_accelerating", "forecast_floored", "forecast_seconds", "forecast_skipped") if k in m})
         for ckpt in folder.glob("checkpoint-*"):  # the final folder is complete; checkpoints were for resuming
             shutil.rmtree(ckpt, ignore_errors=True)
         return folder

@@ -41,7 +41,9 @@ def _forecast_line(pre: dict, folder: Path) -> str:
             f"expected: "
             f"{f['loss']:.3f} (training/forecast.py)"
             + ("; the copies' loss fell faster and faster (a sudden drop under way), which no power law follows: "
-               "a guess, the curve through the last two that flattens soonest" if f.get("accelerating") else ""))
+               "a guess, the curve through the last two that flattens soonest" if f.get("accelerating") else "")
+            + (f"; a free fit would have run on under {data.get('loss_floor', 0.0):.3f}, the lowest loss there is on "
+               f"this corpus (its entropy), so E is held there" if f.get("floored") else ""))
 
 
 def next_steps(final: Path, chat: bool, gguf: Path | None) -> str:
