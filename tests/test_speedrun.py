@@ -269,6 +269,13 @@ def test_the_report_card_says_how_the_loss_was_predicted_and_which_weights_were_
     assert f"kept the weights of {copy} (--keep_best)" in card
     del state["stages"]["pretrain"]["keep_best_step"], state["stages"]["pretrain"]["keep_best_copy"]
     assert "kept the weights" not in write_card(run, tmp_path / "pretrain", None).read_text()
+    assert "lowest loss there is" not in card
+    # a curve held at the corpus's entropy says so
+    forecast = json.loads((tmp_path / "pretrain" / "forecast.json").read_text())
+    forecast["forecast"]["floored"], forecast["loss_floor"] = True, 0.351
+    (tmp_path / "pretrain" / "forecast.json").write_text(json.dumps(forecast))
+    card = write_card(run, tmp_path / "pretrain", None).read_text()
+    assert "would have run on under 0.351, the lowest loss there is on this corpus" in card
     # a run without a forecast (resumed before its first copy, or streamed) says so instead of a number
     (tmp_path / "pretrain" / "forecast.json").unlink()
     del state["stages"]["pretrain"]["forecast_loss"]
