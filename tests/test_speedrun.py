@@ -275,7 +275,11 @@ def test_the_report_card_says_how_the_loss_was_predicted_and_which_weights_were_
     forecast["forecast"]["floored"], forecast["loss_floor"] = True, 0.351
     (tmp_path / "pretrain" / "forecast.json").write_text(json.dumps(forecast))
     card = write_card(run, tmp_path / "pretrain", None).read_text()
-    assert "would have run on under 0.351, the lowest loss there is on this corpus" in card
+    assert "would have run on under 0.351, the lowest loss there is on this corpus (its entropy)" in card
+    forecast["loss_floor"] = 0.0  # any other corpus: the floor is 0, not an entropy
+    (tmp_path / "pretrain" / "forecast.json").write_text(json.dumps(forecast))
+    card = write_card(run, tmp_path / "pretrain", None).read_text()
+    assert "under 0.000, the lowest loss there is on this corpus (no loss is below 0)" in card
     # a run without a forecast (resumed before its first copy, or streamed) says so instead of a number
     (tmp_path / "pretrain" / "forecast.json").unlink()
     del state["stages"]["pretrain"]["forecast_loss"]

@@ -32,6 +32,7 @@ def _forecast_line(pre: dict, folder: Path) -> str:
     if not f:
         return f"- predicted loss: none ({pre.get('forecast_skipped') or data.get('skipped') or 'no forecast.json'})"
     points = "; ".join(f"step {p['step']:,} + {p['steps'] - p['step']:,}: {p['loss']:.3f}" for p in data["points"])
+    floor = data.get("loss_floor", 0.0)
     at = ", ".join(f"{a:.0%}" for a in data["at"])
     return (f"- predicted loss: copies of the pretraining run cooled down at {at} of its steps, each for a quarter "
             f"of the steps before it, as the run cools down its last fifth "
@@ -42,8 +43,9 @@ def _forecast_line(pre: dict, folder: Path) -> str:
             f"{f['loss']:.3f} (training/forecast.py)"
             + ("; the copies' loss fell faster and faster (a sudden drop under way), which no power law follows: "
                "a guess, the curve through the last two that flattens soonest" if f.get("accelerating") else "")
-            + (f"; a free fit would have run on under {data.get('loss_floor', 0.0):.3f}, the lowest loss there is on "
-               f"this corpus (its entropy), so E is held there" if f.get("floored") else ""))
+            + (f"; a free fit would have run on under {floor:.3f}, the lowest loss there is on this corpus "
+               f"({'its entropy' if floor > 0 else 'no loss is below 0'}), so E is held there" if f.get("floored")
+               else ""))
 
 
 def next_steps(final: Path, chat: bool, gguf: Path | None) -> str:
