@@ -7,8 +7,8 @@
 Per corpus and budget:
 - the speedrun, exactly as a user runs it (`tinyllm speedrun --dataset_name X --time_budget B`; char tokens for
   Tiny Shakespeare; the built-in corpus gets its SFT stage as by default): its wall time against the budget, the
-  validation loss its pretraining forecast (at 40% of its steps, training/forecast.py) and achieved, and its
-  pretrained model's held-out bits per byte;
+  validation loss its pretraining forecast (at 40% of its steps, training/forecast.py) and revised where the
+  cool-down began (at 80%), the loss achieved, and its pretrained model's held-out bits per byte;
 - for the budgets in --grid_budgets, the hand grid: presets nano, micro, baby and small (each with its own context
   and the default 32 sequences per step) x learning rates 1e-3 and 3e-3, each `tinyllm pretrain --time_budget B`
   (the whole budget for pretraining alone), on the speedrun's own tokenizer, evaluated on the same held-out
@@ -56,6 +56,7 @@ def speedrun(work: Path, corpus: str, budget: str) -> dict:
             "lr": c["learning_rate"], "batch": c["tokens_per_step"], "steps": pre.get("steps"),
             "predicted_loss": forecast, "forecast_at_step": pre.get("forecast_at_step"), "loss": pre["loss"],
             "prediction_error": round(forecast / pre["loss"] - 1, 4) if forecast else None,
+            "revised_loss": pre.get("forecast_revised_loss"), "revised_at_step": pre.get("forecast_revised_at_step"),
             "bpb": pre["bits_per_byte"], "pretrain_s": pre["seconds"], "forecast_s": pre.get("forecast_seconds"),
             "tokenizer": str(out / "tokenizer")}
 
@@ -124,8 +125,8 @@ def main():
                             keep(hand(work, corpus, budget, preset, lr, sr["tokenizer"]))
 
     print("\n| corpus | budget | wall | kept (±5%) | shape | steps (forecast at) | pretraining s (forecast s) | "
-          "forecast loss | achieved | error | kept | bpb | best hand bpb (preset, lr) | ratio |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "forecast loss | achieved | error | revised (at step) | error | kept | bpb | best hand bpb (preset, lr) | "
+          "ratio |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in (r for r in rows if r["kind"] == "speedrun"):
         grid = [h for h in rows if h["kind"] == "hand" and h["corpus"] == r["corpus"] and h["budget"] == r["budget"]
                 and h.get("bpb") is not None]
@@ -134,9 +135,11 @@ def main():
         ratio = f"{r['bpb'] / best['bpb']:.3f}" if best else "—"
         forecast = (f"{r['predicted_loss']:.3f} | {r['loss']:.3f} | {r['prediction_error']:+.1%}"
                     if r.get("prediction_error") is not None else f"— | {r['loss']:.3f} | —")
+        revised = (f"{r['revised_loss']:.3f} ({r['revised_at_step']}) | {r['revised_loss'] / r['loss'] - 1:+.1%}"
+                   if r.get("revised_loss") is not None else "— | —")
         print(f"| {r['corpus']} | {r['budget']} | {r['wall_s']:.0f} s | {r['budget_error']:+.1%} | {r['shape']} | "
               f"{r.get('steps')} ({r.get('forecast_at_step')}) | {r['pretrain_s']:.0f} ({r.get('forecast_s')}) | "
-              f"{forecast} | {kept(work, r)} | {r['bpb']:.4f} | {ref} | {ratio} |")
+              f"{forecast} | {revised} | {kept(work, r)} | {r['bpb']:.4f} | {ref} | {ratio} |")
     print("\n| corpus | budget | preset | lr | wall | steps | loss | bpb |\n|---|---|---|---|---|---|---|---|")
     for h in (r for r in rows if r["kind"] == "hand"):
         if "error" in h:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import TINY_MODEL_ARGS, assert_user_error, run_inprocess
-from tinyllm.training.budget import DECAY_FRACTION, TimeBudget, budget_schedule
+from tinyllm.training.budget import DECAY_FRACTION, TimeBudget, budget_schedule, decay_steps
 from tinyllm.training.forecast import EXPONENT_BOUNDS, FORECAST_AT, ForecastCallback, PowerLaw, cool_down_steps
 
 
@@ -105,8 +105,41 @@ def test_the_copies_leave_the_run_exactly_as_it_was(tmp_path):
     assert [p["step"] for p in forecaster.points] == [math.ceil(a * 24) for a in FORECAST_AT]  # 3, 5, 10
     assert all(p["steps"] == p["step"] + cool_down_steps(p["step"]) for p in forecaster.points)
     assert forecaster.result and forecaster.result["total_steps"] == 24
+    assert forecaster.revision["at_step"] == 24 - decay_steps(24)  # scored on the way too, and left as it was
     for (name, a), b in zip(plain.model.state_dict().items(), forecasted.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_the_forecast_is_revised_where_the_cool_down_begins(monkeypatch):
+    """At the cool-down's first step (not before): the run's held-out loss times what cooling down gave the last copy;
+    with --keep_best, no higher than the best loss kept."""
+    import tinyllm.training.forecast as forecast
+
+    scored = []
+    monkeypatch.setattr(forecast, "mean_token_loss", lambda model, data, bs: scored.append(model) or 0.8)
+
+    def revised(best_loss=None, total=100):
+        budget = SimpleNamespace(measured=True, total_steps=total, reserve_share=0.0, reserve_s=0.0, aside_s=0.0)
+        cb = ForecastCallback(budget, None, None, tokens_per_step=64, unique_tokens=None)
+        cb.keeper = SimpleNamespace(best_loss=best_loss) if best_loss is not None else None
+        cb.pending = []
+        cb.result = {"loss": 0.7, "at_step": 40, "total_steps": total, "E": 0.5, "K": 1.0, "exponent": 0.5,
+                     "accelerating": False, "floored": False}
+        cb.points = [{"at": 0.4, "step": 40, "steps": 50, "loss": 0.9, "run_loss": 1.0}]
+        args, control = SimpleNamespace(per_device_eval_batch_size=4), SimpleNamespace(should_training_stop=False)
+        for step in range(1, total + 1):
+            cb.on_step_end(args, SimpleNamespace(global_step=step), control, model=step)
+        return cb
+
+    cb = revised()
+    assert scored == [100 - decay_steps(100)] and cb.to_revise is False  # once, at step 80
+    assert cb.revision["loss"] == pytest.approx(0.8 * 0.9) and cb.revision["gain"] == pytest.approx(0.9)
+    assert cb.revision["kept"] is False and cb.revision["total_steps"] == 100
+    assert cb.summary()["forecast_revised_eval_loss"] == cb.revision["loss"]
+    assert cb.data()["revision"] == cb.revision
+    assert revised(best_loss=0.75).revision["loss"] == pytest.approx(0.72)  # the kept weights are worse
+    kept = revised(best_loss=0.65).revision
+    assert kept["loss"] == pytest.approx(0.65) and kept["kept"] is True
 
 
 def test_keep_best_is_offered_the_cooled_down_copies(tmp_path):
@@ -214,6 +247,14 @@ def test_a_budgeted_run_forecasts_its_loss(tmp_path, capsys):
     assert losses[-1] < losses[0]  # the later copy, trained longer, is better
     assert res["forecast_eval_loss"] == saved["forecast"]["loss"] > 0 and res["forecast_at_step"] == steps[-1]
     assert "forecast:" in err and "predicted at step" in err
+    last = saved["points"][-1]
+    assert last["loss"] < last["run_loss"]  # cooling the copy down lowered its held-out loss
+    rev = saved["revision"]
+    assert steps[-1] < rev["at_step"] < res["time_budget_steps"] and rev["gain"] == pytest.approx(
+        last["loss"] / last["run_loss"], abs=1e-3)
+    assert res["forecast_revised_eval_loss"] == rev["loss"] and "forecast revised at step" in err
+    # the run at its cool-down's start, still at the held rate, scored above where the cool-down took it
+    assert rev["run_loss"] > res["eval_loss"]
     state = json.loads((out / "trainer_state.json").read_text())
     lrs = [h["learning_rate"] for h in state["log_history"] if "learning_rate" in h]
     assert lrs[-1] < 0.005 * 0.2 and max(lrs) == pytest.approx(0.005, rel=0.05)  # held, then cooled down

@@ -216,6 +216,10 @@ def test_tiny_budget_end_to_end_interrupted_then_resumed(tmp_path):
     forecast = json.loads((out / "pretrain" / "forecast.json").read_text())
     assert len(forecast["points"]) == 3 and pre["forecast_loss"] == forecast["forecast"]["loss"]
     assert f"forecast {pre['forecast_loss']:.3f}" in card
+    # and revised where the cool-down began, from the run's loss there and the last copy's gain
+    assert pre["forecast_revised_loss"] == forecast["revision"]["loss"] > 0
+    assert pre["forecast_revised_at_step"] > forecast["points"][-1]["step"]
+    assert f"(revised {pre['forecast_revised_loss']:.3f})" in card and "Revised where the run's cool-down" in card
     # the built-in corpus's entropy (bits per char) is the floor under the forecast's curve, as nats per token
     m = json.loads((out / "pretrain" / "all_results.json").read_text())
     floor = m["entropy_floor_bits_per_char"] * m["eval_loss"] / m["eval_bits_per_char"]
@@ -269,7 +273,24 @@ def test_the_report_card_says_how_the_loss_was_predicted_and_which_weights_were_
     assert f"kept the weights of {copy} (--keep_best)" in card
     del state["stages"]["pretrain"]["keep_best_step"], state["stages"]["pretrain"]["keep_best_copy"]
     assert "kept the weights" not in write_card(run, tmp_path / "pretrain", None).read_text()
-    assert "lowest loss there is" not in card
+    assert "lowest loss there is" not in card and "revised" not in card
+    # revised where the cool-down began
+    forecast = json.loads((tmp_path / "pretrain" / "forecast.json").read_text())
+    forecast["revision"] = {"loss": 3.0, "at_step": 848, "total_steps": 1060, "run_loss": 3.2, "gain": 0.9375,
+                            "gain_at_step": 424, "kept": False}
+    (tmp_path / "pretrain" / "forecast.json").write_text(json.dumps(forecast))
+    state["stages"]["pretrain"].update(forecast_revised_loss=3.0, forecast_revised_at_step=848)
+    card = write_card(run, tmp_path / "pretrain", None).read_text()
+    assert "| pretrain | 253 s | 252 s | 2.898 (revised 3.000) | 3.042 |" in card
+    assert "Revised where the cool-down began (step 848, below): 3.000, off by -1.4%" in card
+    assert "the run's held-out loss there 3.200 x 0.938 (the copy at step 424" in card
+    assert "--keep_best) are" not in card
+    forecast["revision"].update(loss=2.95, kept=True)
+    (tmp_path / "pretrain" / "forecast.json").write_text(json.dumps(forecast))
+    card = write_card(run, tmp_path / "pretrain", None).read_text()
+    assert "= 3.000; the best weights kept so far (--keep_best) are lower: 2.950" in card
+    del forecast["revision"], state["stages"]["pretrain"]["forecast_revised_loss"]
+    (tmp_path / "pretrain" / "forecast.json").write_text(json.dumps(forecast))
     # a curve held at the corpus's entropy says so
     forecast = json.loads((tmp_path / "pretrain" / "forecast.json").read_text())
     forecast["forecast"]["floored"], forecast["loss_floor"] = True, 0.351

@@ -80,6 +80,10 @@ def plot_loss(log_history: list[dict], path: Path, floor_nats: float | None = No
             ax.plot(*zip(*forecast["curve"]), "--", color="tab:green", label="curve through them")
             ax.plot([forecast["forecast"]["total_steps"]], [forecast["forecast"]["loss"]], "*", ms=12,
                     color="tab:red", label=f"forecast {forecast['forecast']['loss']:.3f}")
+        if forecast.get("revision"):
+            r = forecast["revision"]
+            ax.plot([r["total_steps"]], [r["loss"]], "P", ms=10, color="tab:purple",
+                    label=f"revised at step {r['at_step']:,}: {r['loss']:.3f}")
     save_figure(fig, ax, path, "step", "loss (nats / token)", title or "loss curve")
     return True
 

@@ -9,6 +9,14 @@ of the training data, scores it on the held-out set, and puts the run back as it
 against the tokens each copy was trained on (repeats counted less, as Muennighoff et al.'s D'), it fits
 L(D) = E + K / D^g (`PowerLaw.through3`: three points give the exponent too) and predicts the loss at the last step.
 
+The forecast cannot see a drop in the loss that has not begun by 40% of the steps (the built-in corpus's 5-minute
+run sat at 0.50 from step 570 to 760, then fell to 0.40 by step 950: +12.5% for a forecast made at step 595). So it
+is revised where the run's cool-down begins (the last fifth of the steps): the run's held-out loss there, at the
+held rate, times what cooling down gave the last copy (its cooled loss over the held-out loss of the run it was
+taken from, both measured at the copy): a copy at step s cooled for s/4 steps stands to the run at s as the finished
+run stands to the run at its cool-down's start. With `--keep_best` the revision is no higher than the best loss kept
+so far.
+
 The copies cost a quarter of the steps before each (17.5% of the run's steps), which the budget callback reserves;
 they use the run's own model, batch and data, so the prediction needs nothing measured elsewhere. With
 `--keep_best` each copy is offered to the run's KeepBestCallback (`keeper`): a run that overfits after a copy ends
@@ -28,7 +36,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from tinyllm.evaluation.scoring import mean_token_loss
-from tinyllm.training.budget import DECAY_FRACTION, decay_factor
+from tinyllm.training.budget import DECAY_FRACTION, decay_factor, decay_steps
 from tinyllm.training.sizing import effective_tokens
 
 __all__ = ["FORECAST_AT", "COPIES_SHARE", "PowerLaw", "ForecastCallback", "cool_down_steps"]
@@ -149,6 +157,8 @@ class ForecastCallback(TrainerCallback):
         self.pending = list(FORECAST_AT)
         self.points: list[dict] = []
         self.result: dict | None = None
+        self.revision: dict | None = None  # the forecast revised where the cool-down begins
+        self.to_revise = True
         self.seconds = 0.0
         self.skipped: str | None = None
         kept = Path(resume, STATE_FILE) if resume else None
@@ -156,18 +166,22 @@ class ForecastCallback(TrainerCallback):
             saved = json.loads(kept.read_text())
             self.points, self.seconds = saved["points"], saved["seconds"]
             self.pending = [a for a in FORECAST_AT if a not in {p["at"] for p in self.points}]
+            self.revision = saved.get("revision")
+            self.to_revise = self.revision is None
         self._reserve()
 
     def _reserve(self, eval_s: float = 1.0) -> None:
-        """What the copies still to come will cost: a share of the run's steps, and their evaluations."""
+        """What the copies still to come will cost: a share of the run's steps, and their evaluations (two each: the
+        run's and the copy's), and the revision's one."""
         self.budget.reserve_share = COOL_DOWN_RATIO * sum(self.pending)
-        self.budget.reserve_s = eval_s * len(self.pending)
+        self.budget.reserve_s = eval_s * (2 * len(self.pending) + (1 if self.to_revise else 0))
 
     def on_save(self, args, state, control, **kwargs):
         """The copies made so far go into the checkpoint: a resumed run keeps them."""
         folder = Path(args.output_dir, f"checkpoint-{state.global_step}")
         if folder.is_dir() and state.is_world_process_zero:
-            Path(folder, STATE_FILE).write_text(json.dumps({"points": self.points, "seconds": self.seconds}))
+            Path(folder, STATE_FILE).write_text(json.dumps({"points": self.points, "seconds": self.seconds,
+                                                            "revision": self.revision}))
 
     def on_train_begin(self, args, state, control, **kwargs):
         if args.world_size > 1:
@@ -176,30 +190,63 @@ class ForecastCallback(TrainerCallback):
     def skip(self, why: str) -> None:
         if self.pending:
             logger.warning("--forecast skipped: %s", why)
-        self.skipped, self.pending = why, []
+        self.skipped, self.pending, self.to_revise = why, [], False
         self._reserve()
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if not self.pending or not self.budget.measured or control.should_training_stop:
+        if not self.budget.measured or control.should_training_stop:
             return
         step = state.global_step
+        if not self.pending:
+            total = self.budget.total_steps
+            if self.to_revise and self.result and step >= total - decay_steps(total):
+                self.revise(args, model, step)
+            return
         if step < self.pending[0] * self.budget.total_steps:
             return
         fraction = self.pending.pop(0)
         started = time.perf_counter()
         steps = cool_down_steps(step)
+        held = mean_token_loss(model, self.eval, args.per_device_eval_batch_size)  # the run's own, at the held rate
         loss, eval_s = self.cool_down(args, model, steps, step)
         seconds = time.perf_counter() - started
         self.seconds += seconds
         self.budget.aside_s += seconds  # reserved: not the cost of a checkpoint saved at this step
         tokens = (step + steps) * self.tokens_per_step
         self.points.append({"at": fraction, "step": step, "steps": step + steps, "tokens": tokens,
-                            "loss": round(loss, 4), "seconds": round(seconds, 2)})
-        logger.info("forecast: a copy at step %d cooled down for %d steps: held-out loss %.4f (%.1f s)", step, steps,
-                    loss, seconds)
+                            "loss": round(loss, 4), "run_loss": round(held, 4), "seconds": round(seconds, 2)})
+        logger.info("forecast: a copy at step %d cooled down for %d steps: held-out loss %.4f (the run's %.4f; %.1f s)",
+                    step, steps, loss, held, seconds)
         self._reserve(eval_s)
         if not self.pending and len(self.points) == len(FORECAST_AT):
             self.predict(self.budget.total_steps)
+
+    def revise(self, args, model, step: int) -> dict | None:
+        """Where the cool-down begins: the run's held-out loss times the last copy's cooled / run loss (see the
+        module's docstring), no higher than the best loss --keep_best holds."""
+        self.to_revise = False
+        last = self.points[-1]
+        if not last.get("run_loss"):  # copies made by a version that did not score the run (a resumed checkpoint)
+            self._reserve()
+            return None
+        started = time.perf_counter()
+        held = mean_token_loss(model, self.eval, args.per_device_eval_batch_size)
+        seconds = time.perf_counter() - started
+        self.seconds += seconds
+        self.budget.aside_s += seconds
+        gain = last["loss"] / last["run_loss"]
+        loss = held * gain
+        kept = self.keeper is not None and self.keeper.best_loss < loss
+        if kept:
+            loss = self.keeper.best_loss
+        self.revision = {"loss": round(loss, 4), "at_step": step, "total_steps": self.budget.total_steps,
+                         "run_loss": round(held, 4), "gain": round(gain, 4), "gain_at_step": last["step"],
+                         "kept": kept}
+        logger.info("forecast revised where the cool-down begins (step %d of %d): held-out loss %.4f x %.4f (what "
+                    "cooling down gave the copy at step %d) = %.4f%s", step, self.budget.total_steps, held, gain,
+                    last["step"], held * gain, f"; the best loss kept so far is lower: {loss:.4f}" if kept else "")
+        self._reserve()
+        return self.revision
 
     def predict(self, total_steps: int) -> dict:
         x = [(effective_tokens(p["tokens"], self.unique), p["loss"]) for p in self.points]
@@ -280,7 +327,9 @@ class ForecastCallback(TrainerCallback):
             return {"forecast_eval_loss": self.result["loss"], "forecast_at_step": self.result["at_step"],
                     "forecast_total_steps": self.result["total_steps"], "forecast_exponent": self.result["exponent"],
                     "forecast_accelerating": self.result["accelerating"],
-                    "forecast_floored": self.result["floored"], "forecast_seconds": round(self.seconds, 1)}
+                    "forecast_floored": self.result["floored"], "forecast_seconds": round(self.seconds, 1),
+                    **({"forecast_revised_eval_loss": self.revision["loss"],
+                        "forecast_revised_at_step": self.revision["at_step"]} if self.revision else {})}
         return {"forecast_skipped": self.skipped or f"the run ended before {FORECAST_AT[-1]:.0%} of its steps"}
 
     def data(self) -> dict:
@@ -294,7 +343,8 @@ class ForecastCallback(TrainerCallback):
                 step = first * (last / first) ** (i / 24)
                 loss = law.predict(effective_tokens(step * self.tokens_per_step, self.unique))
                 curve.append([round(step, 1), round(loss, 4)])
-        return {"points": self.points, "forecast": self.result, "curve": curve, "skipped": self.skipped,
+        return {"points": self.points, "forecast": self.result, "revision": self.revision, "curve": curve,
+                "skipped": self.skipped,
                 "decay_fraction": DECAY_FRACTION, "at": list(FORECAST_AT), "exponent_bounds": list(EXPONENT_BOUNDS),
                 "unique_tokens": self.unique, "loss_floor": self.loss_floor,
                 "tokens_per_step": self.tokens_per_step}

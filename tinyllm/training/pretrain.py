@@ -257,6 +257,10 @@ def _train(model, tokenizer, model_args: ModelArguments, data: DataArguments, ar
             logger.info("forecast: %.4f predicted at step %d of %d, %.4f measured (%+.1f%%)",
                         metrics["forecast_eval_loss"], metrics["forecast_at_step"], trainer.state.global_step,
                         metrics["eval_loss"], 100 * (metrics["forecast_eval_loss"] / metrics["eval_loss"] - 1))
+        if "forecast_revised_eval_loss" in metrics and "eval_loss" in metrics:
+            logger.info("forecast revised at step %d: %.4f (%+.1f%%)", metrics["forecast_revised_at_step"],
+                        metrics["forecast_revised_eval_loss"],
+                        100 * (metrics["forecast_revised_eval_loss"] / metrics["eval_loss"] - 1))
     metrics["train_tokens"] = lm.train_tokens
     if floor is not None:
         metrics["entropy_floor_bits_per_char"] = round(floor, 4)

@@ -224,9 +224,10 @@ class Speedrun(SizingStages):
         self.finish("pretrain", started, loss=m.get("eval_loss"), bits_per_byte=m.get("eval_bits_per_byte"),
                     steps=m.get("time_budget_steps"), tokens=(m.get("time_budget_steps") or 0) * c["tokens_per_step"],
                     **{k: m[k] for k in ("keep_best_step", "keep_best_copy", "last_step_eval_loss") if k in m},
-                    **{k.replace("forecast_eval_", "forecast_"): m[k] for k in
+                    **{k.replace("_eval_loss", "_loss"): m[k] for k in
                        ("forecast_eval_loss", "forecast_at_step", "forecast_total_steps", "forecast_exponent",
-                        "forecast_accelerating", "forecast_floored", "forecast_seconds", "forecast_skipped") if k in m})
+                        "forecast_accelerating", "forecast_floored", "forecast_seconds", "forecast_skipped",
+                        "forecast_revised_eval_loss", "forecast_revised_at_step") if k in m})
         for ckpt in folder.glob("checkpoint-*"):  # the final folder is complete; checkpoints were for resuming
             shutil.rmtree(ckpt, ignore_errors=True)
         return folder
@@ -379,7 +380,10 @@ def run_speedrun(sp: SpeedrunArguments, data: DataArguments, run_command: Callab
     pre = run.stage("pretrain")
     if pre.get("forecast_loss") is not None and pre.get("loss") is not None:
         print(f"pretrain: validation loss {pre['loss']:.3f}; forecast {pre['forecast_loss']:.3f} at step "
-              f"{pre['forecast_at_step']:,} of {pre['steps']:,} ({pre['forecast_loss'] / pre['loss'] - 1:+.1%})",
+              f"{pre['forecast_at_step']:,} of {pre['steps']:,} ({pre['forecast_loss'] / pre['loss'] - 1:+.1%})"
+              + (f", revised {pre['forecast_revised_loss']:.3f} at step {pre['forecast_revised_at_step']:,} "
+                 f"({pre['forecast_revised_loss'] / pre['loss'] - 1:+.1%})" if pre.get("forecast_revised_loss")
+                 else ""),
               flush=True)
     chat = run.sft(base)
     final = chat or base

@@ -45,7 +45,15 @@ def _forecast_line(pre: dict, folder: Path) -> str:
                "a guess, the curve through the last two that flattens soonest" if f.get("accelerating") else "")
             + (f"; a free fit would have run on under {floor:.3f}, the lowest loss there is on this corpus "
                f"({'its entropy' if floor > 0 else 'no loss is below 0'}), so E is held there" if f.get("floored")
-               else ""))
+               else "")
+            + (_revision_sentence(data["revision"]) if data.get("revision") else ""))
+
+
+def _revision_sentence(r: dict) -> str:
+    return (f". Revised where the run's cool-down began (step {r['at_step']:,} of {r['total_steps']:,}): the run's "
+            f"held-out loss there {r['run_loss']:.3f} x {r['gain']:.3f} (the copy at step {r['gain_at_step']:,}: its "
+            f"cooled loss over the run's at that step) = {r['run_loss'] * r['gain']:.3f}"
+            + (f"; the best weights kept so far (--keep_best) are lower: {r['loss']:.3f}" if r.get("kept") else ""))
 
 
 def next_steps(final: Path, chat: bool, gguf: Path | None) -> str:
@@ -74,7 +82,9 @@ def write_card(run, final: Path, gguf: Path | None) -> Path:
     rows = [row("tokenizer", "—", secs("tokenizer")), row("prepare", "—", secs("prepare")),
             row("probe", "—", secs("probe")),
             row("pretrain", f"{shares['pretrain']:.0f} s", secs("pretrain"),
-                f"{pre['forecast_loss']:.3f}" if pre.get("forecast_loss") is not None else "—",
+                (f"{pre['forecast_loss']:.3f}" + (f" (revised {pre['forecast_revised_loss']:.3f})"
+                                                  if pre.get("forecast_revised_loss") is not None else ""))
+                if pre.get("forecast_loss") is not None else "—",
                 f"{pre['loss']:.3f}" if pre.get("loss") is not None else "—")]
     if "sft" in s:
         rows.append(row("sft", f"{shares['sft']:.0f} s", secs("sft"), "", s["sft"].get("skipped", "")))
@@ -93,6 +103,10 @@ def write_card(run, final: Path, gguf: Path | None) -> Path:
         lines.append(f"Validation loss (nats per token) forecast {forecast:.3f} at step {pre['forecast_at_step']:,} of "
                      f"{pre.get('steps') or 0:,} (from copies cooled down early, below), achieved {pre['loss']:.3f}: "
                      f"the forecast was off by {error:+.1%}; bits per byte {pre.get('bits_per_byte')}.")
+        if pre.get("forecast_revised_loss") is not None:
+            lines[-1] += (f" Revised where the cool-down began (step {pre['forecast_revised_at_step']:,}, below): "
+                          f"{pre['forecast_revised_loss']:.3f}, off by "
+                          f"{pre['forecast_revised_loss'] / pre['loss'] - 1:+.1%}.")
     if (run.out / "pretrain" / "loss_curve.png").is_file():
         lines += ["", "![pretraining loss, the forecast's cooled-down copies and the curve through them]"
                       "(pretrain/loss_curve.png)", ""]
