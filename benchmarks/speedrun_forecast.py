@@ -7,8 +7,10 @@ Each argument is a speedrun folder (its pretrain/ is read) or a `tinyllm pretrai
 (forecast.json, all_results.json). Columns: the forecast as the run made it (at the number of steps then expected),
 this checkout's rule at the steps the run really took (what the estimate of the steps cost, and what a change of the
 rule since the run would have said: with the floor under E, the built-in corpus's entropy), and the curve through
-the last two copies with the exponent fixed instead of fitted on three. The forecast does not change the run, so
-these are the forecasts the run would have made. Prints a Markdown table and, per column, the runs within 5%.
+the last two copies with the exponent fixed instead of fitted on three; then the forecast revised where the run's
+cool-down began, as the run made it and by this checkout's rule (`revised_loss`, from the losses forecast.json
+keeps: the run's at the copy and at 80%, the copy's). The forecast does not change the run, so these are the
+forecasts the run would have made. Prints a Markdown table and, per column, the runs within 5%.
 """
 
 import json
@@ -18,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tinyllm.training.forecast import PowerLaw  # noqa: E402
+from tinyllm.training.forecast import PowerLaw, revised_loss  # noqa: E402
 from tinyllm.training.sizing import effective_tokens  # noqa: E402
 
 FIXED = (0.28, 0.5, 0.75, 1.0)
@@ -42,7 +44,8 @@ def floor(fc: dict, res: dict) -> float:
 
 
 def main(folders: list[str]) -> None:
-    cols = ["as made", "rule, real steps"] + [f"g={g:g}, last two" for g in FIXED]
+    cols = ["as made", "rule, real steps"] + [f"g={g:g}, last two" for g in FIXED] + ["revised as made",
+                                                                                     "revised, rule"]
     print("| run | copies (step + cool-down: loss) | fitted g | steps expected / real | achieved | "
           + " | ".join(cols) + " |")
     print("|---" * (5 + len(cols)) + "|")
@@ -63,11 +66,18 @@ def main(folders: list[str]) -> None:
         (x2, l2), (x3, l3) = sorted(xs)[1:]
         preds = [fc["forecast"]["loss"], law.predict(at)] + [PowerLaw.through2(x2, l2, x3, l3, g).predict(at)
                                                              for g in FIXED]
-        errors = [p / achieved - 1 for p in preds]
-        hits = [h + (abs(e) <= 0.05) for h, e in zip(hits, errors)]
+        rev, last = fc.get("revision"), fc["points"][-1]
+        if rev and last.get("run_loss"):
+            again = revised_loss(rev["run_loss"], last["loss"], last["run_loss"], floor(fc, res))[0]
+            preds += [rev["loss"], min(again, rev["loss"]) if rev.get("kept") else again]
+        else:
+            preds += [None, None]
+        errors = [p / achieved - 1 if p is not None else None for p in preds]
+        hits = [h + (e is not None and abs(e) <= 0.05) for h, e in zip(hits, errors)]
         copies = ", ".join(f"{p['step']}+{p['steps'] - p['step']}: {p['loss']:.3f}" for p in fc["points"])
         print(f"| {Path(name).name} | {copies} | {law.g:.2f} | {fc['forecast']['total_steps']} / {real} | "
-              f"{achieved:.3f} | " + " | ".join(f"{p:.3f} ({e:+.1%})" for p, e in zip(preds, errors)) + " |")
+              f"{achieved:.3f} | " + " | ".join(f"{p:.3f} ({e:+.1%})" if p is not None else "—"
+                                                for p, e in zip(preds, errors)) + " |")
     print(f"| within 5% (of {n}) | | | | | " + " | ".join(str(h) for h in hits) + " |")
 
 

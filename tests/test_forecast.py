@@ -111,16 +111,16 @@ def test_the_copies_leave_the_run_exactly_as_it_was(tmp_path):
 
 
 def test_the_forecast_is_revised_where_the_cool_down_begins(monkeypatch):
-    """At the cool-down's first step (not before): the run's held-out loss times what cooling down gave the last copy;
-    with --keep_best, no higher than the best loss kept."""
+    """At the cool-down's first step (not before): the run's held-out loss times what cooling down gave the last copy
+    (above the floor); with --keep_best, no higher than the best loss kept."""
     import tinyllm.training.forecast as forecast
 
     scored = []
     monkeypatch.setattr(forecast, "mean_token_loss", lambda model, data, bs: scored.append(model) or 0.8)
 
-    def revised(best_loss=None, total=100):
+    def revised(best_loss=None, total=100, floor=0.0):
         budget = SimpleNamespace(measured=True, total_steps=total, reserve_share=0.0, reserve_s=0.0, aside_s=0.0)
-        cb = ForecastCallback(budget, None, None, tokens_per_step=64, unique_tokens=None)
+        cb = ForecastCallback(budget, None, None, tokens_per_step=64, unique_tokens=None, loss_floor=floor)
         cb.keeper = SimpleNamespace(best_loss=best_loss) if best_loss is not None else None
         cb.pending = []
         cb.result = {"loss": 0.7, "at_step": 40, "total_steps": total, "E": 0.5, "K": 1.0, "exponent": 0.5,
@@ -140,6 +140,43 @@ def test_the_forecast_is_revised_where_the_cool_down_begins(monkeypatch):
     assert revised(best_loss=0.75).revision["loss"] == pytest.approx(0.72)  # the kept weights are worse
     kept = revised(best_loss=0.65).revision
     assert kept["loss"] == pytest.approx(0.65) and kept["kept"] is True
+    # above a floor (the built-in corpus's entropy): the copy kept (0.9 - 0.5) / (1.0 - 0.5) of what was above it
+    floored = revised(floor=0.5).revision
+    assert floored["gain"] == pytest.approx(0.8) and floored["loss"] == pytest.approx(0.5 + 0.3 * 0.8)
+
+
+def test_a_resumed_run_keeps_its_copies_its_forecast_and_its_revision(tmp_path, monkeypatch):
+    """Saved into a checkpoint and read back: a run resumed after its last copy still has its forecast, and is still
+    revised where its cool-down begins (once)."""
+    import tinyllm.training.forecast as forecast
+
+    monkeypatch.setattr(forecast, "mean_token_loss", lambda model, data, bs: 0.8)
+
+    def callback(resume=None, total=100):
+        budget = SimpleNamespace(measured=True, total_steps=total, reserve_share=0.0, reserve_s=0.0, aside_s=0.0)
+        return ForecastCallback(budget, None, None, tokens_per_step=64, unique_tokens=None, resume=resume)
+
+    first = callback()
+    first.pending = []
+    first.points = [{"at": a, "step": s, "steps": s + cool_down_steps(s), "tokens": 64 * (s + cool_down_steps(s)),
+                     "loss": loss, "run_loss": loss + 0.1}
+                    for a, s, loss in zip(FORECAST_AT, (10, 20, 40), (2.0, 1.5, 1.0))]
+    first.predict(100)
+    args = SimpleNamespace(output_dir=str(tmp_path), per_device_eval_batch_size=4)
+    control = SimpleNamespace(should_training_stop=False)
+    (tmp_path / "checkpoint-50").mkdir()
+    first.on_save(args, SimpleNamespace(global_step=50, is_world_process_zero=True), control)
+    resumed = callback(resume=tmp_path / "checkpoint-50")
+    assert resumed.pending == [] and resumed.points == first.points
+    assert resumed.summary()["forecast_eval_loss"] == first.result["loss"]
+    for step in range(51, 101):
+        resumed.on_step_end(args, SimpleNamespace(global_step=step), control, model=None)
+    assert resumed.revision["at_step"] == 80
+    assert resumed.summary()["forecast_revised_eval_loss"] == pytest.approx(0.8 * 1.0 / 1.1, abs=1e-4)
+    (tmp_path / "checkpoint-90").mkdir()
+    resumed.on_save(args, SimpleNamespace(global_step=90, is_world_process_zero=True), control)
+    again = callback(resume=tmp_path / "checkpoint-90")
+    assert again.revision == resumed.revision and again.to_revise is False
 
 
 def test_keep_best_is_offered_the_cooled_down_copies(tmp_path):
@@ -251,8 +288,9 @@ def test_a_budgeted_run_forecasts_its_loss(tmp_path, capsys):
     assert last["loss"] < last["run_loss"]  # cooling the copy down lowered its held-out loss
     rev = saved["revision"]
     assert steps[-1] < rev["at_step"] < res["time_budget_steps"] and rev["gain"] == pytest.approx(
-        last["loss"] / last["run_loss"], abs=1e-3)
+        (last["loss"] - rev["floor"]) / (last["run_loss"] - rev["floor"]), abs=1e-3)
     assert res["forecast_revised_eval_loss"] == rev["loss"] and "forecast revised at step" in err
+    assert rev["floor"] == pytest.approx(saved["loss_floor"], abs=1e-4)
     # the run at its cool-down's start, still at the held rate, scored above where the cool-down took it
     assert rev["run_loss"] > res["eval_loss"]
     state = json.loads((out / "trainer_state.json").read_text())

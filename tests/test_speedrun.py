@@ -283,12 +283,18 @@ def test_the_report_card_says_how_the_loss_was_predicted_and_which_weights_were_
     card = write_card(run, tmp_path / "pretrain", None).read_text()
     assert "| pretrain | 253 s | 252 s | 2.898 (revised 3.000) | 3.042 |" in card
     assert "Revised where the cool-down began (step 848, below): 3.000, off by -1.4%" in card
-    assert "the run's held-out loss there 3.200 x 0.938 (the copy at step 424" in card
+    assert "what cooling down gave the copy at step 424 (its cooled loss over the run's at that step): " \
+           "3.200 x 0.938 = 3.000" in card
     assert "--keep_best) are" not in card
     forecast["revision"].update(loss=2.95, kept=True)
     (tmp_path / "pretrain" / "forecast.json").write_text(json.dumps(forecast))
     card = write_card(run, tmp_path / "pretrain", None).read_text()
     assert "= 3.000; the best weights kept so far (--keep_best) are lower: 2.950" in card
+    forecast["revision"].update(floor=0.351, run_loss=0.403, gain=0.4767, loss=0.376, kept=False)  # built-in corpus
+    (tmp_path / "pretrain" / "forecast.json").write_text(json.dumps(forecast))
+    card = write_card(run, tmp_path / "pretrain", None).read_text()
+    assert "(its cooled loss over the run's at that step, above the floor): 0.351 + (0.403 - 0.351) x 0.477 = 0.376" \
+        in card
     del forecast["revision"], state["stages"]["pretrain"]["forecast_revised_loss"]
     (tmp_path / "pretrain" / "forecast.json").write_text(json.dumps(forecast))
     # a curve held at the corpus's entropy says so

@@ -272,7 +272,7 @@ class PretrainTrainingOptions(RunDefaults):
     forecast: bool = field(default=False, metadata={
         "help": "With --time_budget and --lr_scheduler_type warmup_stable_decay: predict the final validation loss "
                 "from copies of the run cooled down at a tenth, a fifth and two fifths of its steps (they cost about a "
-                "sixth of the steps; forecast.json)."})
+                "sixth of the steps), revised where the run's cool-down begins (forecast.json)."})
     matrix_optimizer: str = field(default="adamw", metadata={
         "help": "adamw, or muon: Muon for the hidden weight matrices (AdamW, --optim, keeps the embeddings, head "
                 "and norms)."})

@@ -50,9 +50,13 @@ def _forecast_line(pre: dict, folder: Path) -> str:
 
 
 def _revision_sentence(r: dict) -> str:
-    return (f". Revised where the run's cool-down began (step {r['at_step']:,} of {r['total_steps']:,}): the run's "
-            f"held-out loss there {r['run_loss']:.3f} x {r['gain']:.3f} (the copy at step {r['gain_at_step']:,}: its "
-            f"cooled loss over the run's at that step) = {r['run_loss'] * r['gain']:.3f}"
+    floor = r.get("floor", 0.0)
+    above = f"{floor:.3f} + ({r['run_loss']:.3f} - {floor:.3f}) x {r['gain']:.3f}" if floor > 0 else \
+        f"{r['run_loss']:.3f} x {r['gain']:.3f}"
+    return (f". Revised where the run's cool-down began (step {r['at_step']:,} of {r['total_steps']:,}), from the "
+            f"run's held-out loss there and what cooling down gave the copy at step {r['gain_at_step']:,} (its cooled "
+            f"loss over the run's at that step{', above the floor' if floor > 0 else ''}): {above} = "
+            f"{floor + (r['run_loss'] - floor) * r['gain']:.3f}"
             + (f"; the best weights kept so far (--keep_best) are lower: {r['loss']:.3f}" if r.get("kept") else ""))
 
 
