@@ -139,7 +139,7 @@ def test_the_forecast_is_revised_where_the_cool_down_begins(monkeypatch):
     assert cb.data()["revision"] == cb.revision
     assert revised(best_loss=0.75).revision["loss"] == pytest.approx(0.72)  # the kept weights are worse
     kept = revised(best_loss=0.65).revision
-    assert kept["loss"] == pytest.approx(0.65) and kept["kept"] is True
+    assert kept["loss"] == pytest.approx(0.65) and kept["kept"] is True and kept["estimate"] == pytest.approx(0.72)
     # above a floor (the built-in corpus's entropy): the copy kept (0.9 - 0.5) / (1.0 - 0.5) of what was above it
     floored = revised(floor=0.5).revision
     assert floored["gain"] == pytest.approx(0.8) and floored["loss"] == pytest.approx(0.5 + 0.3 * 0.8)

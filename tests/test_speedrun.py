@@ -277,7 +277,7 @@ def test_the_report_card_says_how_the_loss_was_predicted_and_which_weights_were_
     # revised where the cool-down began
     forecast = json.loads((tmp_path / "pretrain" / "forecast.json").read_text())
     forecast["revision"] = {"loss": 3.0, "at_step": 848, "total_steps": 1060, "run_loss": 3.2, "gain": 0.9375,
-                            "gain_at_step": 424, "kept": False}
+                            "gain_at_step": 424, "estimate": 3.0, "kept": False}
     (tmp_path / "pretrain" / "forecast.json").write_text(json.dumps(forecast))
     state["stages"]["pretrain"].update(forecast_revised_loss=3.0, forecast_revised_at_step=848)
     card = write_card(run, tmp_path / "pretrain", None).read_text()
@@ -290,7 +290,8 @@ def test_the_report_card_says_how_the_loss_was_predicted_and_which_weights_were_
     (tmp_path / "pretrain" / "forecast.json").write_text(json.dumps(forecast))
     card = write_card(run, tmp_path / "pretrain", None).read_text()
     assert "= 3.000; the best weights kept so far (--keep_best) are lower: 2.950" in card
-    forecast["revision"].update(floor=0.351, run_loss=0.403, gain=0.4767, loss=0.376, kept=False)  # built-in corpus
+    forecast["revision"].update(floor=0.351, run_loss=0.403, gain=0.4767, loss=0.376, estimate=0.376,
+                                kept=False)  # built-in corpus
     (tmp_path / "pretrain" / "forecast.json").write_text(json.dumps(forecast))
     card = write_card(run, tmp_path / "pretrain", None).read_text()
     assert "(its cooled loss over the run's at that step, above the floor): 0.351 + (0.403 - 0.351) x 0.477 = 0.376" \

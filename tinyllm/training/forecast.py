@@ -251,7 +251,7 @@ class ForecastCallback(TrainerCallback):
         loss = self.keeper.best_loss if kept else estimate
         self.revision = {"loss": round(loss, 4), "at_step": step, "total_steps": self.budget.total_steps,
                          "run_loss": round(held, 4), "gain": round(gain, 4), "gain_at_step": last["step"],
-                         "floor": round(floor, 4), "kept": kept}
+                         "floor": round(floor, 4), "estimate": round(estimate, 4), "kept": kept}
         logger.info("forecast revised where the cool-down begins (step %d of %d): held-out loss %.4f, above %.4f x "
                     "%.4f (what cooling down gave the copy at step %d) = %.4f%s", step, self.budget.total_steps, held,
                     floor, gain, last["step"], estimate,
