@@ -61,6 +61,11 @@ def test_a_budgeted_run_stops_by_itself_with_the_schedule_done(tmp_path, capsys)
     assert max(lrs) == pytest.approx(0.005, rel=0.05)
     assert lrs[-1] < 0.005 * 0.2  # decayed to near the 10% floor at the last step: the schedule completed
     assert state["global_step"] == steps
+    # the speed Trainer reports counts the steps trained, not the 10^9 the budget lifts max_steps to
+    samples_s = 8 * res["train_steps_per_second"]  # 8 sequences a step, one process
+    assert res["train_samples_per_second"] == pytest.approx(samples_s, rel=0.01)
+    assert [h["train_samples_per_second"] for h in state["log_history"] if "train_samples_per_second" in h] == \
+        [res["train_samples_per_second"]]
 
 
 def _simulate(monkeypatch, seconds: float, step_s, start_s: float = 0.0, eval_sequences: int = 0) -> tuple:

@@ -158,6 +158,16 @@ class BudgetCallback(TrainerCallback):
             control.should_evaluate = False  # and evaluates it once, after training
         return control
 
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """Trainer counts the samples of the whole schedule from args.max_steps, lifted to 10^9 under a budget:
+        its train_samples_per_second came out at ~10^8. Put right from the steps actually trained per second
+        (what Trainer measures right) times the global batch, in the logs and in the saved log history."""
+        if logs and "train_samples_per_second" in logs and "train_steps_per_second" in logs:
+            batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+            logs["train_samples_per_second"] = round(logs["train_steps_per_second"] * batch, 3)
+            if state.log_history and "train_samples_per_second" in state.log_history[-1]:
+                state.log_history[-1]["train_samples_per_second"] = logs["train_samples_per_second"]
+
     def _guess_eval(self, args, step_s: float) -> float:
         """Before any evaluation was timed: a forward pass costs about a third of a training step per sequence
         (x1.5 for safety), plus a second for the samples and the bookkeeping (less in a budget under 20 s: a
