@@ -296,6 +296,9 @@ def test_the_report_card_says_how_the_loss_was_predicted_and_which_weights_were_
     card = write_card(run, tmp_path / "pretrain", None).read_text()
     assert "(its cooled loss over the run's at that step, above the floor): 0.351 + (0.403 - 0.351) x 0.477 = 0.376" \
         in card
+    del forecast["revision"]["estimate"], forecast["revision"]["floor"]  # forecast.json of an earlier version
+    (tmp_path / "pretrain" / "forecast.json").write_text(json.dumps(forecast))
+    assert "0.403 x 0.477 = 0.376" in write_card(run, tmp_path / "pretrain", None).read_text()
     del forecast["revision"], state["stages"]["pretrain"]["forecast_revised_loss"]
     (tmp_path / "pretrain" / "forecast.json").write_text(json.dumps(forecast))
     # a curve held at the corpus's entropy says so

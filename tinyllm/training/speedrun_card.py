@@ -56,7 +56,7 @@ def _revision_sentence(r: dict) -> str:
     return (f". Revised where the run's cool-down began (step {r['at_step']:,} of {r['total_steps']:,}), from the "
             f"run's held-out loss there and what cooling down gave the copy at step {r['gain_at_step']:,} (its cooled "
             f"loss over the run's at that step{', above the floor' if floor > 0 else ''}): {above} = "
-            f"{r['estimate']:.3f}"
+            f"{r.get('estimate', r['loss']):.3f}"  # forecast.json of a version before the estimate was kept apart
             + (f"; the best weights kept so far (--keep_best) are lower: {r['loss']:.3f}" if r.get("kept") else ""))
 
 
