@@ -30,15 +30,13 @@ def shards_folder(path: Path) -> Path:
     return path
 
 
-def losses(model_dir: str, folder: Path, block: int, max_tokens: int):
+def losses(model, folder: Path, block: int, max_tokens: int):
     """Per-token held-out loss and which tokens count (labels not -100), one row per block; None if the model's
     context is shorter than the block."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     from tinyllm.data.shards import Shards, ValidationBlocks
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
     if block > model.config.max_position_embeddings:
         return None
     val = ValidationBlocks(Shards(folder, json.loads((folder / "meta.json").read_text())), block, max_tokens)
@@ -61,6 +59,7 @@ def main():
     ap.add_argument("--block_size", type=int, nargs="+", default=[128, 256])
     ap.add_argument("--eval_max_tokens", type=int, default=65536)
     args = ap.parse_args()
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
     logging.disable_progress_bar()
@@ -69,7 +68,9 @@ def main():
     bands = [b for b in BANDS if b[0] < widest - 1]
     print("| model | block | held-out loss | " + " | ".join(f"{a + 1}-{b}" for a, b in bands) + " | past 32 |")
     print("|---|---|---|" + "---|" * (len(bands) + 1))
-    for model in args.models:
+    for model_dir in args.models:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()  # once, for every block
+        name = "/".join(Path(model_dir).parts[-2:]) if Path(model_dir).name == "pretrain" else Path(model_dir).name
         for block in args.block_size:
             scored = losses(model, folder, block, args.eval_max_tokens)
             if scored is None:
@@ -81,7 +82,6 @@ def main():
                 cells.append(f"{(part.sum() / keep.sum()).item():.4f}" if a < per_token.shape[1] else "")
             mean = (per_token.sum() / mask.sum()).item()
             past = (per_token[:, 32:].sum() / mask[:, 32:].sum()).item()
-            name = "/".join(Path(model).parts[-2:]) if Path(model).name == "pretrain" else Path(model).name
             print(f"| {name} | {block} | {mean:.4f} | " + " | ".join(cells) + f" | {past:.4f} |")
 
 
