@@ -73,10 +73,15 @@ def shape_ladder(max_width: int = 768) -> list[Shape]:
 
 
 def block_size_for(shape: Shape, tokenizer_type: str) -> int:
-    """Context: 128 tokens for the small shapes (what a CPU budget affords; attention cost grows with it), 256
-    from 256 wide, 512 from 512 wide; characters carry less text per token, so char runs get twice as many."""
-    block = 128 if shape.n_embd < 256 else 256 if shape.n_embd < 512 else 512
-    return min(block * (2 if tokenizer_type == "char" else 1), 1024)
+    """Context: BPE tokens get 128 under 128 wide (what a CPU budget affords; attention cost grows with it), 256
+    from 128 wide, 512 from 512 wide. A block's first tokens cost about twice the rest (their document began in
+    the block before): at 4x128 on the built-in corpus 128-token blocks ended 1.035x the hand grid's best in 15
+    minutes, 256-token blocks 0.991x (benchmarks/loss_by_position.py, docs/speedrun.md). Characters carry less
+    text per token: char runs get 256 under 256 wide (where Tiny Shakespeare's runs matched the grid), 512 from
+    256 wide, 1024 from 512 wide."""
+    if tokenizer_type == "char":
+        return 256 if shape.n_embd < 256 else 512 if shape.n_embd < 512 else 1024
+    return 128 if shape.n_embd < 128 else 256 if shape.n_embd < 512 else 512
 
 
 # AdamW's best peak rate measured at 64, 128 and 256 wide (three rates each, 75 s runs on TinyStories): ~3.3e-3 at
