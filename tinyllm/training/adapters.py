@@ -6,6 +6,7 @@ merging the adapter into plain transformers weights, checked against the adapter
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from pathlib import Path
 
@@ -128,6 +129,16 @@ def load_chat_model(path: str, stage: str):
     return model, tokenizer
 
 
+def embeddings_resized(model) -> bool:
+    """Whether the adapter model's vocabulary differs from its base's as saved (its config.json)."""
+    cfg = getattr(getattr(model, "peft_config", {}).get("default"), "base_model_name_or_path", None)
+    path = Path(cfg) / "config.json" if cfg else None
+    if path is None or not path.is_file():
+        return False
+    saved = json.loads(path.read_text()).get("vocab_size")
+    return saved is not None and saved != model.get_input_embeddings().weight.shape[0]
+
+
 def merge_adapter(model, sample_ids, staging: Path | None = None, tokenizer=None):
     """The adapter merged into plain weights: saves the adapter (and tokenizer) to staging/adapter first when
     asked, merges, and checks the merged model's logits on `sample_ids` against the adapter model's. Returns
@@ -135,7 +146,9 @@ def merge_adapter(model, sample_ids, staging: Path | None = None, tokenizer=None
     import torch
 
     if staging is not None:
-        model.save_pretrained(staging / "adapter")
+        # the embedding rows go into the adapter folder when SFT grew them (ChatML added to a model without a
+        # template), so that the adapter loads on the base it was trained on; said here, not guessed by peft
+        model.save_pretrained(staging / "adapter", save_embedding_layers=embeddings_resized(model))
         if tokenizer is not None:
             tokenizer.save_pretrained(staging / "adapter")
     model.eval()

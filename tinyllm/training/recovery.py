@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,7 +200,12 @@ def train_with_recovery(make_trainer, model, args, resume, interrupt, reload_mod
         for attempt in range(max_halvings + 1):
             trainer = make_trainer(model)
             try:
-                result = trainer.train(resume_from_checkpoint=resume)
+                with warnings.catch_warnings():
+                    # a LoRA checkpoint of a model whose embeddings SFT grew (ChatML added) keeps the grown rows:
+                    # peft decides so and warns; tinyllm logged the growth when it made it
+                    warnings.filterwarnings("ignore", message="Setting `save_embedding_layers` to `True`",
+                                            category=UserWarning)
+                    result = trainer.train(resume_from_checkpoint=resume)
                 if interrupt.interrupted:
                     raise Interrupted(f"{interrupt.interrupted}: stopped at step {trainer.state.global_step}; "
                                       f"checkpoint saved to {find_last_checkpoint(args.output_dir)}. Resume with the "
