@@ -16,6 +16,8 @@ The rule, and where each part comes from (docs/speedrun.md has the data):
   pretraining stage has.
 - Learning rate by width: lr = LR_AT_128 * (128 / width) ** LR_EXPONENT (AdamW; measured up to 256 wide, 1/width
   beyond).
+- Context: 256 BPE tokens from 128 wide, 128 under it (block_size_for: a block's first tokens cost twice the rest,
+  and 128-token blocks ended 1.035x the hand grid's best at 4x128, 256-token 0.995x).
 - Tokens per step: TARGET_STEPS optimizer steps (up to 1/8 more), any batch from 8 to 512 sequences.
 - Vocabulary: a rule of thumb by corpus size (not fitted: the loss is compared in bits per byte, which the
   tokenizer's size moves little at these scales, while a big vocabulary costs a small model most of its
