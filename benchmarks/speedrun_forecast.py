@@ -6,8 +6,9 @@ what other ways of drawing the curve through the same cooled-down copies would h
 Each argument is a speedrun folder (its pretrain/ is read) or a `tinyllm pretrain --forecast true` output folder
 (forecast.json, all_results.json). Columns: the forecast as the run made it (at the number of steps then expected),
 this checkout's rule at the steps the run really took (what the estimate of the steps cost, and what a change of the
-rule since the run would have said: with the floor under E, the built-in corpus's entropy), and the curve through
-the last two copies with the exponent fixed instead of fitted on three; then the forecast revised where the run's
+rule since the run would have said: with the floor under E, the built-in corpus's entropy plus what block starts
+cost), and the curve through the last two copies with the exponent fixed instead of fitted on three; then the
+forecast revised where the run's
 cool-down began, as the run made it and by this checkout's rule (`revised_loss`, from the losses forecast.json
 keeps: the run's at the copy and at 80%, the copy's). The forecast does not change the run, so these are the
 forecasts the run would have made. Prints a Markdown table and, per column, the runs within 5%.
@@ -20,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tinyllm.data.builtin import BLOCK_START_NATS  # noqa: E402
 from tinyllm.training.forecast import PowerLaw, revised_loss  # noqa: E402
 from tinyllm.training.sizing import effective_tokens  # noqa: E402
 
@@ -29,17 +31,20 @@ FIXED = (0.28, 0.5, 0.75, 1.0)
 def load(folder: Path) -> tuple[dict, dict] | None:
     for f in (folder / "pretrain", folder):
         if (f / "forecast.json").is_file() and (f / "all_results.json").is_file():
-            return json.loads((f / "forecast.json").read_text()), json.loads((f / "all_results.json").read_text())
+            fc = json.loads((f / "forecast.json").read_text())
+            cfg = json.loads((f / "config.json").read_text()) if (f / "config.json").is_file() else {}
+            fc["block_size"] = cfg.get("max_position_embeddings") or cfg.get("n_positions")
+            return fc, json.loads((f / "all_results.json").read_text())
     return None
 
 
 def floor(fc: dict, res: dict) -> float:
-    """The lowest loss there is (the built-in corpus's entropy as nats per token): forecast.json's, or for a run
-    made before it was written there, from the entropy in bits per char and the run's own loss per char."""
-    if "loss_floor" in fc:
-        return fc["loss_floor"]
-    if res.get("entropy_floor_bits_per_char") and res.get("eval_bits_per_char"):
-        return res["entropy_floor_bits_per_char"] * res["eval_loss"] / res["eval_bits_per_char"]
+    """The lowest loss there is by this checkout's rule (pretrain.forecast_floor): the built-in corpus's entropy as
+    nats per token, from its bits per char and the run's own loss per char, plus what each block's start costs
+    (BLOCK_START_NATS / block); 0 for any other corpus."""
+    if res.get("entropy_floor_bits_per_char") and res.get("eval_bits_per_char") and fc.get("block_size"):
+        return (res["entropy_floor_bits_per_char"] * res["eval_loss"] / res["eval_bits_per_char"]
+                + BLOCK_START_NATS / fc["block_size"])
     return 0.0
 
 

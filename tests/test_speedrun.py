@@ -233,9 +233,13 @@ def test_tiny_budget_end_to_end_interrupted_then_resumed(tmp_path):
     assert pre["forecast_revised_loss"] == forecast["revision"]["loss"] > 0
     assert pre["forecast_revised_at_step"] > forecast["points"][-1]["step"]
     assert f"(revised {pre['forecast_revised_loss']:.3f})" in card and "Revised where the run's cool-down" in card
-    # the built-in corpus's entropy (bits per char) is the floor under the forecast's curve, as nats per token
+    # the floor under the forecast's curve: the built-in corpus's entropy (bits per char) as nats per token, plus
+    # what each block's start costs
+    from tinyllm.data.builtin import BLOCK_START_NATS
+
     m = json.loads((out / "pretrain" / "all_results.json").read_text())
-    floor = m["entropy_floor_bits_per_char"] * m["eval_loss"] / m["eval_bits_per_char"]
+    block = json.loads((out / "pretrain" / "config.json").read_text())["max_position_embeddings"]
+    floor = m["entropy_floor_bits_per_char"] * m["eval_loss"] / m["eval_bits_per_char"] + BLOCK_START_NATS / block
     assert forecast["loss_floor"] == pytest.approx(floor, rel=2e-3) and forecast["forecast"]["loss"] >= floor
     assert "Resuming" in res.stdout
     for line in ("tinyllm chat" if sft_ran else "tinyllm generate", "tinyllm serve", "ollama create"):
@@ -319,7 +323,8 @@ def test_the_report_card_says_how_the_loss_was_predicted_and_which_weights_were_
     forecast["forecast"]["floored"], forecast["loss_floor"] = True, 0.351
     (tmp_path / "pretrain" / "forecast.json").write_text(json.dumps(forecast))
     card = write_card(run, tmp_path / "pretrain", None).read_text()
-    assert "would have run on under 0.351, the lowest loss there is on this corpus (its entropy)" in card
+    assert "would have run on under 0.351, the lowest loss there is on this corpus (its entropy plus what each block " \
+        "start costs)" in card
     forecast["loss_floor"] = 0.0  # any other corpus: the floor is 0, not an entropy
     (tmp_path / "pretrain" / "forecast.json").write_text(json.dumps(forecast))
     card = write_card(run, tmp_path / "pretrain", None).read_text()

@@ -175,6 +175,13 @@ def generate_corpus(num_documents: int = 20000, seed: int = 0, languages: str = 
     return docs
 
 
+# What a block's start costs a model above the entropy, in nats summed over the block's first 32 tokens (past them
+# every model measured is at the entropy): those tokens' document began in the block before, its start unseen.
+# benchmarks/loss_by_position.py on four 15-minute models (2k BPE, blocks of 128 and 256 tokens): 4.32, 4.32, 4.49
+# and 4.68. The lowest, rounded down, so that entropy + BLOCK_START_NATS / block stays a floor (docs/speedrun.md).
+BLOCK_START_NATS = 4.3
+
+
 def corpus_entropy(docs: list[BuiltinDoc]) -> dict[str, float]:
     """Entropy floor in bits per character (and per UTF-8 byte): sum of -log2 p(doc) over sum of lengths.
 

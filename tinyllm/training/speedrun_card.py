@@ -44,7 +44,8 @@ def _forecast_line(pre: dict, folder: Path) -> str:
             + ("; the copies' loss fell faster and faster (a sudden drop under way), which no power law follows: "
                "a guess, the curve through the last two that flattens soonest" if f.get("accelerating") else "")
             + (f"; a free fit would have run on under {floor:.3f}, the lowest loss there is on this corpus "
-               f"({'its entropy' if floor > 0 else 'no loss is below 0'}), so E is held there" if f.get("floored")
+               f"({'its entropy plus what each block start costs' if floor > 0 else 'no loss is below 0'}), so E "
+               f"is held there" if f.get("floored")
                else "")
             + (_revision_sentence(data["revision"]) if data.get("revision") else ""))
 
