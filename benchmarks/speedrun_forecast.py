@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tinyllm.data.builtin import BLOCK_START_NATS  # noqa: E402
+from tinyllm.data.builtin import loss_floor  # noqa: E402
 from tinyllm.training.forecast import PowerLaw, revised_loss  # noqa: E402
 from tinyllm.training.sizing import effective_tokens  # noqa: E402
 
@@ -39,12 +39,12 @@ def load(folder: Path) -> tuple[dict, dict] | None:
 
 
 def floor(fc: dict, res: dict) -> float:
-    """The lowest loss there is by this checkout's rule (pretrain.forecast_floor): the built-in corpus's entropy as
-    nats per token, from its bits per char and the run's own loss per char, plus what each block's start costs
-    (BLOCK_START_NATS / block); 0 for any other corpus."""
+    """The lowest loss there is by this checkout's rule (builtin.loss_floor): the built-in corpus's entropy as nats
+    per token, from its bits per char and the run's own loss per char, plus what each block's start costs; 0 for any
+    other corpus."""
     if res.get("entropy_floor_bits_per_char") and res.get("eval_bits_per_char") and fc.get("block_size"):
-        return (res["entropy_floor_bits_per_char"] * res["eval_loss"] / res["eval_bits_per_char"]
-                + BLOCK_START_NATS / fc["block_size"])
+        return loss_floor(res["entropy_floor_bits_per_char"] * res["eval_loss"] / res["eval_bits_per_char"],
+                          fc["block_size"])
     return 0.0
 
 

@@ -182,6 +182,12 @@ def generate_corpus(num_documents: int = 20000, seed: int = 0, languages: str = 
 BLOCK_START_NATS = 4.3
 
 
+def loss_floor(entropy_nats_per_token: float | None, block_size: int) -> float:
+    """The lowest held-out loss a model reading the built-in corpus in blocks of `block_size` reaches: its entropy
+    (nats per token) plus what each block's start costs; 0 without an entropy (any other corpus)."""
+    return entropy_nats_per_token + BLOCK_START_NATS / block_size if entropy_nats_per_token else 0.0
+
+
 def corpus_entropy(docs: list[BuiltinDoc]) -> dict[str, float]:
     """Entropy floor in bits per character (and per UTF-8 byte): sum of -log2 p(doc) over sum of lengths.
 

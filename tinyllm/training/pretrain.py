@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import tinyllm
 from tinyllm.config import DataArguments, ModelArguments, TokenizerArguments
-from tinyllm.data.builtin import BLOCK_START_NATS, corpus_entropy, generate_corpus
+from tinyllm.data.builtin import corpus_entropy, generate_corpus, loss_floor
 from tinyllm.data.corpora import describe_source, split_documents
 from tinyllm.data.packing import LMData, build_lm_datasets
 from tinyllm.data.tokenizer import check_pretraining_tokenizer, tokenizer_for_run
@@ -134,14 +134,6 @@ def floor_nats_per_token(floor: float | None, lm: LMData) -> float | None:
     return floor * math.log(2) / lm.eval_tokens_per_char if floor is not None and lm.eval_tokens_per_char else None
 
 
-def forecast_floor(floor: float | None, lm: LMData, block_size: int) -> float:
-    """The lowest held-out loss a model reading the built-in corpus in blocks of `block_size` reaches: its entropy
-    (nats per token) plus what each block's start costs (BLOCK_START_NATS, measured); 0 for any other corpus. The
-    forecast's curve is held above it."""
-    entropy = floor_nats_per_token(floor, lm)
-    return entropy + BLOCK_START_NATS / block_size if entropy else 0.0
-
-
 # ---------------------------------------------------------------- steps
 
 def _prepare_tokenizer(model_args: ModelArguments, data: DataArguments, tok_args: TokenizerArguments,
@@ -225,7 +217,7 @@ def _train(model, tokenizer, model_args: ModelArguments, data: DataArguments, ar
             kwargs = args.lr_scheduler_kwargs or {}
             forecaster = ForecastCallback(budget, lm.train, lm.eval, plan["tokens_per_step"], lm.train_tokens,
                                           kwargs.get("min_lr_ratio", 0.0), args.seed, resume,
-                                          forecast_floor(floor, lm, data.block_size))
+                                          loss_floor(floor_nats_per_token(floor, lm), data.block_size))
 
     def make_trainer(m):
         trainer = TinyTrainer(
